@@ -1,0 +1,49 @@
+"""guardrail: explicit safety signals for LLM applications.
+
+Heavy modules (torch, transformers) load lazily, so `from guardrail import GuardrailClient`
+stays small for apps that only talk to a sidecar.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from guardrail.types import (
+    ChatMessage,
+    ChunkVerdict,
+    DoneEvent,
+    GenerationEvent,
+    GenerationResult,
+    GuardConfig,
+    InterceptEvent,
+    ScoreEvent,
+    TokenEvent,
+    Verdict,
+)
+
+if TYPE_CHECKING:
+    from guardrail.guard import Guard
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChatMessage",
+    "ChunkVerdict",
+    "DoneEvent",
+    "GenerationEvent",
+    "GenerationResult",
+    "Guard",
+    "GuardConfig",
+    "InterceptEvent",
+    "ScoreEvent",
+    "TokenEvent",
+    "Verdict",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Guard":
+        from guardrail.guard import Guard
+
+        return Guard
+    raise AttributeError(f"module 'guardrail' has no attribute {name!r}")

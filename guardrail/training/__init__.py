@@ -1,0 +1,1 @@
+"""Training data and head training for the guardrail classifier."""

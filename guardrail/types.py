@@ -1,0 +1,134 @@
+"""Pydantic types shared by the engine, the server's wire format and the client.
+
+One set of types keeps the embedded `Guard` and the sidecar client interchangeable.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Label = Literal["safe", "unsafe"]
+Strategy = Literal["each", "first", "periodic", "annealing"]
+Action = Literal["refuse", "stop"]
+Role = Literal["system", "user", "assistant"]
+
+
+class ChatMessage(BaseModel):
+    """One chat turn, in the OpenAI shape."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Role
+    content: str
+
+
+class Verdict(BaseModel):
+    """The outcome of one safety check."""
+
+    label: Label
+    score: float = Field(description="Probability that the conversation is unsafe, in [0, 1].")
+    threshold: float
+    tokens: int = Field(0, description="Tokens the check covered.")
+    latency_ms: float = 0.0
+
+    @property
+    def unsafe(self) -> bool:
+        return self.label == "unsafe"
+
+
+class GuardConfig(BaseModel):
+    """How strategic decoding and stream moderation decide when to check and when to act."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Strategy = "periodic"
+    period: int = Field(4, ge=1, le=256, description="Check every `period` tokens (periodic).")
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    tau: int = Field(3, ge=1, le=64, description="Consecutive unsafe checks before acting.")
+    hold_back: int = Field(
+        4, ge=0, le=512, description="Most recent tokens withheld even after a safe check."
+    )
+    action: Action = "refuse"
+    window: int | None = Field(
+        None, ge=1, description="[CLS] sees only this many most recent response tokens."
+    )
+    check_prompt: bool = True
+
+
+class TokenEvent(BaseModel):
+    """Text released to the caller: every token in it has been covered by a safe check."""
+
+    type: Literal["token"] = "token"
+    index: int = Field(description="Index of the first released token in the response.")
+    text: str
+
+
+class ScoreEvent(BaseModel):
+    """A safety check ran over the response up to `index` (exclusive)."""
+
+    type: Literal["score"] = "score"
+    index: int
+    score: float
+    unsafe: bool
+    streak: int = Field(description="Consecutive unsafe checks so far.")
+
+
+class InterceptEvent(BaseModel):
+    """The guard acted: withheld text after `index` is never released."""
+
+    type: Literal["intercept"] = "intercept"
+    index: int = Field(description="Response tokens released before the cut.")
+    score: float
+    action: Action
+    stage: Literal["prompt", "response"] = "response"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    checks: int = 0
+
+
+class Timings(BaseModel):
+    total_ms: float = 0.0
+    first_token_ms: float | None = None
+
+
+class DoneEvent(BaseModel):
+    """End of a guarded generation."""
+
+    type: Literal["done"] = "done"
+    text: str
+    intercepted: bool
+    intercept_index: int | None = None
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+
+
+GenerationEvent = Annotated[
+    TokenEvent | ScoreEvent | InterceptEvent | DoneEvent, Field(discriminator="type")
+]
+
+
+class GenerationResult(BaseModel):
+    """A finished guarded generation (the `--json` shape of `guardrail generate`)."""
+
+    text: str
+    intercepted: bool
+    intercept_index: int | None = None
+    score: float | None = None
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+
+
+class ChunkVerdict(BaseModel):
+    """What a moderation session says after one chunk of another model's stream."""
+
+    label: Label
+    score: float
+    threshold: float
+    released: str = Field(description="Text newly cleared for display since the last chunk.")
+    intercepted: bool = False
+    intercept_index: int | None = None
+    tokens: int = Field(0, description="Response tokens seen so far.")
+    latency_ms: float = 0.0

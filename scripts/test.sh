@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Fresh machine to a full test run: builds .venv with dev extras, then lint, types and tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/pytest ] && .venv/bin/python -c "import guardrail, garak" 2>/dev/null 2>&1 || bash scripts/bootstrap.sh dev
+.venv/bin/ruff check guardrail tests integrations benchmarks examples
+.venv/bin/mypy guardrail
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,118 @@
+"""Strategic attention invariants on a tiny random Llama."""
+
+from __future__ import annotations
+
+import torch
+
+from guardrail.model.engine import SafetyModel
+from guardrail.model.masks import ClsQuery, cls_visibility, strategic_mask
+from guardrail.model.prompts import encode_prompt, encode_text
+
+
+def _ids(model: SafetyModel, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    return encode_prompt(model.tokenizer, prompt), encode_text(model.tokenizer, response)
+
+
+def test_ordinary_rows_never_see_cls() -> None:
+    mask = strategic_mask(3, [2], [[ClsQuery(seen=5, prompt_len=3)]], dtype=torch.float32)
+    blocked = mask[0, 0] < 0
+    assert blocked.shape == (3, 6)
+    assert blocked[0, 5] and blocked[1, 5]  # new tokens do not see the [CLS] key
+    assert not blocked[0, :4].any() and blocked[0, 4]  # causal among new tokens
+    assert not blocked[2].any()  # [CLS] sees everything and itself
+
+
+def test_window_limits_response_but_keeps_prompt() -> None:
+    visible = cls_visibility(10, ClsQuery(seen=10, prompt_len=3, window=2))
+    assert visible.tolist() == [True] * 3 + [False] * 5 + [True] * 2
+
+
+def test_logits_unchanged_with_guard_attached(tiny: SafetyModel) -> None:
+    prompt, response = _ids(tiny, "Tell me about owls.", " Owls are nocturnal birds of prey.")
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        base = tiny.lm(input_ids=ids).logits[0]
+    cache = tiny.new_cache()
+    tiny.step(cache, prompt, check=ClsQuery(seen=len(prompt), prompt_len=len(prompt)))
+    for k, token in enumerate(response):
+        seen = len(prompt) + k + 1
+        out = tiny.step(cache, [token], check=ClsQuery(seen=seen, prompt_len=len(prompt)))
+        assert out.logits is not None and out.logits.shape[-1] == tiny.vocab_size
+        torch.testing.assert_close(out.logits, base[seen - 1], rtol=1e-4, atol=1e-4)
+    assert cache.get_seq_length() == len(prompt) + len(response)  # [CLS] left no trace
+
+
+def test_incremental_score_equals_full_recompute(tiny: SafetyModel) -> None:
+    prompt, response = _ids(tiny, "Write a poem", " Roses are red, violets are blue, sugar is sweet.")
+    positions = list(range(0, len(response) + 1, 2))
+    queries = [[ClsQuery(seen=len(prompt) + k, prompt_len=len(prompt), window=4) for k in positions]]
+    with torch.no_grad():
+        full = tiny.score_prefixes(torch.tensor([prompt + response]), [len(prompt + response)], queries)[0]
+    cache = tiny.new_cache()
+    tiny.step(cache, prompt, want_logits=False)
+    incremental = [tiny.step(cache, [], check=queries[0][0]).score]
+    for k in range(1, len(response) + 1):
+        check = ClsQuery(seen=len(prompt) + k, prompt_len=len(prompt), window=4) if k % 2 == 0 else None
+        out = tiny.step(cache, [response[k - 1]], check=check)
+        if check is not None:
+            incremental.append(out.score)
+    torch.testing.assert_close(torch.tensor(incremental), full, rtol=1e-4, atol=1e-5)
+
+
+def test_check_costs_one_query_position(tiny: SafetyModel) -> None:
+    """The decoder sees exactly N + 1 query rows for N new tokens plus a check."""
+    prompt, response = _ids(tiny, "Hi", " Hello there friend")
+    seen_rows: list[int] = []
+    handle = tiny.decoder.layers[0].register_forward_pre_hook(
+        lambda _m, args, kwargs: seen_rows.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+        with_kwargs=True,
+    )
+    cache = tiny.new_cache()
+    tiny.step(cache, prompt, want_logits=False)
+    tiny.step(cache, response[:1], check=ClsQuery(seen=len(prompt) + 1, prompt_len=len(prompt)))
+    handle.remove()
+    assert seen_rows == [len(prompt), 2]
+
+
+def test_batched_prefix_scores_match_single(tiny: SafetyModel) -> None:
+    a_p, a_r = _ids(tiny, "Question one", " answer one is long enough")
+    b_p, b_r = _ids(tiny, "Second question here please", " short")
+    seqs = [a_p + a_r, b_p + b_r]
+    width = max(map(len, seqs))
+    pad = tiny.tokenizer.eos_token_id
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    queries = [
+        [ClsQuery(len(a_p), len(a_p)), ClsQuery(len(seqs[0]), len(a_p))],
+        [ClsQuery(len(seqs[1]), len(b_p))],
+    ]
+    with torch.no_grad():
+        batched = tiny.score_prefixes(ids, [len(s) for s in seqs], queries)
+        single_b = tiny.score_prefixes(torch.tensor([seqs[1]]), [len(seqs[1])], [queries[1]])
+    torch.testing.assert_close(batched[1, 0], single_b[0, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_step_many_matches_individual_steps(tiny: SafetyModel) -> None:
+    from guardrail.model.engine import StepRequest
+
+    streams = [_ids(tiny, "First prompt", " a b c d"), _ids(tiny, "A much longer second prompt here", " x"),
+               _ids(tiny, "Third", "")]
+    solo_caches, batch_caches = [], []
+    for prompt, _ in streams:
+        for caches in (solo_caches, batch_caches):
+            cache = tiny.new_cache()
+            tiny.step(cache, prompt, want_logits=False)
+            caches.append(cache)
+    requests, expected = [], []
+    for (prompt, response), solo, batched in zip(streams, solo_caches, batch_caches, strict=True):
+        check = ClsQuery(seen=len(prompt) + len(response), prompt_len=len(prompt))
+        expected.append(tiny.step(solo, response, check=check, want_logits=bool(response)))
+        requests.append(StepRequest(batched, response, check, want_logits=bool(response)))
+    got = tiny.step_many(requests)
+    for exp, out, solo, batched in zip(expected, got, solo_caches, batch_caches, strict=True):
+        assert out.score is not None and exp.score is not None
+        assert abs(out.score - exp.score) < 1e-5
+        if exp.logits is not None:
+            assert out.logits is not None
+            torch.testing.assert_close(out.logits, exp.logits, rtol=1e-4, atol=1e-4)
+        assert batched.get_seq_length() == solo.get_seq_length()
+        torch.testing.assert_close(batched.layers[0].keys, solo.layers[0].keys, rtol=1e-5, atol=1e-5)
