@@ -22,11 +22,13 @@ from guardrail.types import (
 )
 
 if TYPE_CHECKING:
+    from guardrail.client import AsyncGuardrailClient, GuardrailClient
     from guardrail.guard import Guard
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncGuardrailClient",
     "ChatMessage",
     "ChunkVerdict",
     "DoneEvent",
@@ -34,6 +36,7 @@ __all__ = [
     "GenerationResult",
     "Guard",
     "GuardConfig",
+    "GuardrailClient",
     "InterceptEvent",
     "ScoreEvent",
     "TokenEvent",
@@ -46,4 +49,8 @@ def __getattr__(name: str) -> Any:
         from guardrail.guard import Guard
 
         return Guard
+    if name in ("GuardrailClient", "AsyncGuardrailClient"):
+        import guardrail.client as client
+
+        return getattr(client, name)
     raise AttributeError(f"module 'guardrail' has no attribute {name!r}")

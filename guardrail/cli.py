@@ -133,8 +133,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from guardrail.types import DoneEvent, InterceptEvent, ScoreEvent, TokenEvent
 
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=args.max_new_tokens, prefill=args.prefill, guard=not args.no_guard,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        prefill=args.prefill,
+        guard=not args.no_guard,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
     )
     if args.json:
         print(guard.generate_text(args.prompt, **kwargs).model_dump_json())
@@ -205,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, cache folder and shipped head")
     info.set_defaults(func=cmd_info)
 
-    for module, hook in (("guardrail.training.cli", "add_train_command"),
-                         ("guardrail.server.cli", "add_serve_command"),
-                         ("guardrail.eval.cli", "add_eval_command")):
+    for module, hook in (
+        ("guardrail.training.cli", "add_train_command"),
+        ("guardrail.server.cli", "add_serve_command"),
+        ("guardrail.eval.cli", "add_eval_command"),
+    ):
         try:
             register = getattr(__import__(module, fromlist=[hook]), hook)
         except (ImportError, AttributeError):

@@ -10,22 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from guardrail.model.decoding import SamplingParams, generate_events
-from guardrail.model.engine import SafetyModel
-from guardrail.model.head import SafetyHead, default_head_dir
-from guardrail.model.loading import load_model
-from guardrail.model.masks import ClsQuery
-from guardrail.model.prompts import (
-    InputError,
-    PromptInput,
-    clean_text,
-    encode_prompt,
-    encode_text,
-    fit_prompt,
-)
-from guardrail.model.session import ModerationSession
+from guardrail.model.prompts import InputError, PromptInput
+
+if TYPE_CHECKING:
+    from guardrail.model.engine import SafetyModel
+
 from guardrail.types import (
     DoneEvent,
     GenerationEvent,
@@ -46,11 +37,14 @@ def load_safety_model(
     max_context: int | None = None,
 ) -> SafetyModel:
     """Load a base model and attach a trained safety head to it."""
+    from guardrail.model.engine import SafetyModel
+    from guardrail.model.head import SafetyHead, default_head_dir
+    from guardrail.model.loading import load_model
+
     loaded = load_model(model, device=device, dtype=dtype)
     head_dir = Path(head) if head is not None else default_head_dir()
     safety_head = SafetyHead.load(head_dir)
-    return SafetyModel(loaded.model, loaded.tokenizer, safety_head, name=loaded.name,
-                       max_context=max_context)
+    return SafetyModel(loaded.model, loaded.tokenizer, safety_head, name=loaded.name, max_context=max_context)
 
 
 class Guard:
@@ -94,9 +88,14 @@ class Guard:
         """Is this response, to this request, unsafe to show?"""
         if self._remote is not None:
             return self._remote.check_response(prompt, response)
+        from guardrail.model.prompts import clean_text
+
         return self._check(prompt, clean_text(response))
 
     def _check(self, prompt: PromptInput, response: str | None) -> Verdict:
+        from guardrail.model.masks import ClsQuery
+        from guardrail.model.prompts import encode_prompt, encode_text, fit_prompt
+
         started = time.perf_counter()
         tok = self.model.tokenizer
         response_ids = encode_text(tok, response) if response else []
@@ -104,15 +103,19 @@ class Guard:
         prompt_ids = fit_prompt(encode_prompt(tok, prompt), budget // 2 if response_ids else budget)
         room = budget - len(prompt_ids)
         response_ids = response_ids[len(response_ids) - room :] if len(response_ids) > room else response_ids
-        query = ClsQuery(seen=len(prompt_ids) + len(response_ids), prompt_len=len(prompt_ids),
-                         window=self.config.window)
-        out = self.model.step(self.model.new_cache(), prompt_ids + response_ids, check=query,
-                              want_logits=False)
+        query = ClsQuery(
+            seen=len(prompt_ids) + len(response_ids), prompt_len=len(prompt_ids), window=self.config.window
+        )
+        out = self.model.step(
+            self.model.new_cache(), prompt_ids + response_ids, check=query, want_logits=False
+        )
         score = float(out.score or 0.0)
         return Verdict(
             label="unsafe" if score >= self.config.threshold else "safe",
-            score=score, threshold=self.config.threshold,
-            tokens=query.seen, latency_ms=(time.perf_counter() - started) * 1000,
+            score=score,
+            threshold=self.config.threshold,
+            tokens=query.seen,
+            latency_ms=(time.perf_counter() - started) * 1000,
         )
 
     # -- generation -----------------------------------------------------------------------
@@ -131,16 +134,26 @@ class Guard:
         """Stream guarded generation events: token, score, intercept, done."""
         if self._remote is not None:
             yield from self._remote.generate(
-                prompt, max_new_tokens=max_new_tokens, prefill=prefill, guard=guard,
-                temperature=temperature, top_p=top_p, seed=seed, config=config,
+                prompt,
+                max_new_tokens=max_new_tokens,
+                prefill=prefill,
+                guard=guard,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                config=config,
             )
             return
+        from guardrail.model.decoding import SamplingParams, generate_events
+
         if max_new_tokens < 1:
             raise InputError("max_new_tokens must be >= 1")
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p, seed=seed)
-        yield from generate_events(self.model, prompt, config or self.config, params,
-                                   prefill=prefill, guard=guard)
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
+        yield from generate_events(
+            self.model, prompt, config or self.config, params, prefill=prefill, guard=guard
+        )
 
     def generate_text(self, prompt: PromptInput, **kwargs: Any) -> GenerationResult:
         """Run `generate` to the end and return the final text and whether it was cut."""
@@ -156,8 +169,12 @@ class Guard:
                 done = event
         assert done is not None
         return GenerationResult(
-            text=done.text, intercepted=done.intercepted, intercept_index=done.intercept_index,
-            score=intercept.score if intercept else last_score, usage=done.usage, timings=done.timings,
+            text=done.text,
+            intercepted=done.intercepted,
+            intercept_index=done.intercept_index,
+            score=intercept.score if intercept else last_score,
+            usage=done.usage,
+            timings=done.timings,
         )
 
     # -- stream moderation ------------------------------------------------------------------
@@ -165,6 +182,8 @@ class Guard:
         """Moderate another model's stream: `feed(chunk)` per chunk, then `close()`."""
         if self._remote is not None:
             return self._remote.session(prompt, config=config)
+        from guardrail.model.session import ModerationSession
+
         return ModerationSession(self.model, prompt, config or self.config)
 
     def close(self) -> None:
@@ -176,7 +195,3 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def prompt_token_count(guard: Guard, prompt: PromptInput) -> int:
-    return len(encode_prompt(guard.model.tokenizer, prompt))

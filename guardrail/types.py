@@ -105,9 +105,7 @@ class DoneEvent(BaseModel):
     timings: Timings = Field(default_factory=Timings)
 
 
-GenerationEvent = Annotated[
-    TokenEvent | ScoreEvent | InterceptEvent | DoneEvent, Field(discriminator="type")
-]
+GenerationEvent = Annotated[TokenEvent | ScoreEvent | InterceptEvent | DoneEvent, Field(discriminator="type")]
 
 
 class GenerationResult(BaseModel):

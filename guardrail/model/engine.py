@@ -132,14 +132,20 @@ class SafetyModel(nn.Module):
             cls = self.head.cls_embedding.to(embeds.dtype).expand(batch, n_cls, -1)
             embeds = torch.cat([embeds, cls], 1)
         mask = strategic_mask(
-            past, [n_new] * batch, cls_queries or [[] for _ in range(batch)],
-            dtype=embeds.dtype, device=embeds.device,
+            past,
+            [n_new] * batch,
+            cls_queries or [[] for _ in range(batch)],
+            dtype=embeds.dtype,
+            device=embeds.device,
         )
         positions = strategic_positions(past, n_new, cls_queries or [[] for _ in range(batch)], embeds.device)
         with self._lock, self._cls_rows(n_cls):
             out = self.decoder(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                use_cache=True, **{self._cache_kw: cache},
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_kw: cache},
             )
         if n_cls:
             cache.crop(-n_cls)
@@ -244,10 +250,12 @@ class SafetyModel(nn.Module):
         for b, r in enumerate(requests):
             offset = big_past - pasts[b]  # left padding of this row's past
             # column of logical position t: offset + t for the past, big_past + (t - past) for new tokens
-            cols = torch.cat([
-                torch.arange(offset, big_past, device=device),
-                torch.arange(big_past, big_past + news[b], device=device),
-            ])
+            cols = torch.cat(
+                [
+                    torch.arange(offset, big_past, device=device),
+                    torch.arange(big_past, big_past + news[b], device=device),
+                ]
+            )
             for j in range(n_new):
                 if j < news[b]:
                     allowed[b, j, cols[: pasts[b] + j + 1]] = True
@@ -267,8 +275,11 @@ class SafetyModel(nn.Module):
         merged = self._merge_caches([r.cache for r in requests], pasts, big_past)
         with self._lock, self._cls_rows(n_cls):
             out = self.decoder(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                use_cache=True, **{self._cache_kw: merged},
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_kw: merged},
             )
         hidden = out.last_hidden_state
         for layer_idx in range(len(merged.layers)):
@@ -277,8 +288,11 @@ class SafetyModel(nn.Module):
             new_v = values_all[:, :, big_past : big_past + n_new]
             for b, r in enumerate(requests):
                 if news[b]:
-                    r.cache.update(new_k[b : b + 1, :, : news[b]].clone(),
-                                   new_v[b : b + 1, :, : news[b]].clone(), layer_idx)
+                    r.cache.update(
+                        new_k[b : b + 1, :, : news[b]].clone(),
+                        new_v[b : b + 1, :, : news[b]].clone(),
+                        layer_idx,
+                    )
         outputs = []
         for b, r in enumerate(requests):
             logits = None

@@ -64,8 +64,7 @@ class SafetyHead(nn.Module):
         self.config = config
         self.cls_embedding = nn.Parameter(torch.zeros(config.hidden_size))
         self.adapters = nn.ModuleList(
-            ClsLayerAdapter(config.hidden_size, config.adapter_rank)
-            for _ in range(config.num_layers)
+            ClsLayerAdapter(config.hidden_size, config.adapter_rank) for _ in range(config.num_layers)
         )
         self.classifier = nn.Sequential(
             nn.Linear(config.hidden_size, config.classifier_hidden),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from guardrail.types import ChatMessage
+
+if TYPE_CHECKING:
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 PromptInput = str | Sequence[ChatMessage | dict[str, Any]]
 
@@ -72,4 +73,4 @@ def fit_prompt(ids: list[int], budget: int) -> list[int]:
     if len(ids) <= budget:
         return ids
     head = budget // 4
-    return ids[:head] + ids[len(ids) - (budget - head):]
+    return ids[:head] + ids[len(ids) - (budget - head) :]

@@ -44,8 +44,10 @@ class ModerationSession:
         score = float(out.score or 0.0)
         self.last_score = score
         self.prompt_verdict = Verdict(
-            label="unsafe" if score >= config.threshold else "safe", score=score,
-            threshold=config.threshold, tokens=len(self.prompt_ids),
+            label="unsafe" if score >= config.threshold else "safe",
+            score=score,
+            threshold=config.threshold,
+            tokens=len(self.prompt_ids),
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
@@ -54,15 +56,19 @@ class ModerationSession:
         return len(self.prompt_ids)
 
     def _query(self) -> ClsQuery:
-        return ClsQuery(seen=self.prompt_len + self.in_cache, prompt_len=self.prompt_len,
-                        window=self.config.window)
+        return ClsQuery(
+            seen=self.prompt_len + self.in_cache, prompt_len=self.prompt_len, window=self.config.window
+        )
 
     def feed(self, chunk: str | bytes) -> ChunkVerdict:
         """Add one chunk of the response; return the verdict and the text now safe to show."""
         with self._lock:
             if self.closed:
-                raise SessionClosedError("session is closed" if not self.intercepted else
-                                         "session was intercepted; no more chunks are accepted")
+                raise SessionClosedError(
+                    "session is closed"
+                    if not self.intercepted
+                    else "session was intercepted; no more chunks are accepted"
+                )
             started = time.perf_counter()
             return self._advance(self.tokens.feed(chunk), final=False, started=started)
 
@@ -87,8 +93,7 @@ class ModerationSession:
                 self.model.step(self.cache, part, want_logits=False)
                 self.in_cache += len(part)
             self._make_room(len(last))
-            out = self.model.step(self.cache, last, check=self._query_after(len(last)),
-                                  want_logits=False)
+            out = self.model.step(self.cache, last, check=self._query_after(len(last)), want_logits=False)
             self.in_cache += len(last)
             score = float(out.score if out.score is not None else score)
             self.last_score = score
@@ -103,20 +108,27 @@ class ModerationSession:
                 if final:
                     self.buffer.finish(not unsafe)
                     self.closed = True
-        newly = self.tokens.text_upto(self.buffer.released)[len(self.released_text):]
+        newly = self.tokens.text_upto(self.buffer.released)[len(self.released_text) :]
         if final and not self.intercepted and self.buffer.released == len(self.response):
-            newly = self.tokens.text[len(self.released_text):]
+            newly = self.tokens.text[len(self.released_text) :]
         self.released_text += newly
         return ChunkVerdict(
             label="unsafe" if score >= self.config.threshold else "safe",
-            score=score, threshold=self.config.threshold, released=newly,
-            intercepted=self.intercepted, intercept_index=self.intercept_index,
-            tokens=len(self.response), latency_ms=(time.perf_counter() - started) * 1000,
+            score=score,
+            threshold=self.config.threshold,
+            released=newly,
+            intercepted=self.intercepted,
+            intercept_index=self.intercept_index,
+            tokens=len(self.response),
+            latency_ms=(time.perf_counter() - started) * 1000,
         )
 
     def _query_after(self, n_new: int) -> ClsQuery:
-        return ClsQuery(seen=self.prompt_len + self.in_cache + n_new, prompt_len=self.prompt_len,
-                        window=self.config.window)
+        return ClsQuery(
+            seen=self.prompt_len + self.in_cache + n_new,
+            prompt_len=self.prompt_len,
+            window=self.config.window,
+        )
 
     def _make_room(self, n_new: int) -> None:
         """Past the context limit, re-encode the prompt and the most recent response tokens.

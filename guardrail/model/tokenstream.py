@@ -83,6 +83,6 @@ class IncrementalDetokenizer:
             while common < min(len(text), len(self.emitted)) and text[common] == self.emitted[common]:
                 common += 1
             text = self.emitted + text[common:] if common == len(self.emitted) else self.emitted
-        new = text[len(self.emitted):]
+        new = text[len(self.emitted) :]
         self.emitted = text
         return new

@@ -1,0 +1,203 @@
+"""`AsyncGuardrailClient`: the same methods and types as `GuardrailClient`, for asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from guardrail.client._base import (
+    ClientOptions,
+    FailPolicy,
+    Prompt,
+    collect_result,
+    describe,
+    fallback_chunk,
+    fallback_verdict,
+    generate_body,
+    parse_event,
+    prompt_json,
+    raise_for_error,
+    retry_delay,
+    should_retry,
+    with_config,
+)
+from guardrail.client.errors import GuardrailRequestError, SidecarUnavailableError
+from guardrail.client.sse import SSEParser
+from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, GuardConfig, Verdict
+
+
+class AsyncGuardrailClient:
+    """Checks, guarded generation and stream moderation against `guardrail serve`, async.
+
+    Connection pooling and timeouts come from httpx; connect errors, 429 and 503 are
+    retried with backoff. When the sidecar stays unreachable, checks and chunks follow
+    `fail_policy`: "fail_closed" (default) answers unsafe and releases nothing,
+    "fail_open" answers safe; either way the verdict is a `FallbackVerdict` /
+    `FallbackChunkVerdict` naming the policy, and `fallbacks` counts them. Generation
+    cannot fall back and raises `SidecarUnavailableError`.
+    """
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, config: GuardConfig | None = None,
+                 api_key: str | None = None, timeout: float = 30.0, connect_timeout: float = 5.0,
+                 retries: int = 3, backoff_s: float = 0.2, max_backoff_s: float = 5.0,
+                 fail_policy: FailPolicy = "fail_closed", headers: dict[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.options = ClientOptions(base_url, config, api_key, timeout, connect_timeout, retries, backoff_s,
+                                     max_backoff_s, fail_policy, dict(headers or {}))
+        self.config = config
+        self.fallbacks = 0
+        self._http = httpx.AsyncClient(transport=transport, **self.options.httpx_kwargs())
+
+    # -- plumbing -----------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(method, path, json=body)
+            except httpx.TransportError as exc:
+                if should_retry(attempt, self.options, error=exc):
+                    await asyncio.sleep(retry_delay(attempt, self.options, None))
+                    attempt += 1
+                    continue
+                raise SidecarUnavailableError(describe(exc)) from exc
+            if should_retry(attempt, self.options, response=response):
+                await asyncio.sleep(retry_delay(attempt, self.options, response))
+                attempt += 1
+                continue
+            raise_for_error(response)
+            return response
+
+    # -- checks -------------------------------------------------------------------------------
+    async def check_prompt(self, prompt: Prompt) -> Verdict:
+        """Is this request (a string or chat messages) malicious?"""
+        return await self._check({"prompt": prompt_json(prompt)})
+
+    async def check_response(self, prompt: Prompt, response: str) -> Verdict:
+        """Is this response, to this request, unsafe to show?"""
+        return await self._check({"prompt": prompt_json(prompt), "response": response})
+
+    async def _check(self, body: dict[str, Any]) -> Verdict:
+        try:
+            data = (await self._request("POST", "/v1/check", with_config(body, self.config))).json()
+            return Verdict.model_validate(data)
+        except SidecarUnavailableError as exc:
+            self.fallbacks += 1
+            return fallback_verdict(self.options, str(exc))
+
+    # -- generation ---------------------------------------------------------------------------
+    async def generate(self, prompt: Prompt, *, max_new_tokens: int = 128, prefill: str | None = None,
+                 guard: bool = True, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 config: GuardConfig | None = None) -> AsyncIterator[GenerationEvent]:
+        """Stream guarded generation events (token, score, intercept, done) from the sidecar."""
+        body = generate_body(prompt, config or self.config, max_new_tokens=max_new_tokens, prefill=prefill,
+                             guard=guard, temperature=temperature, top_p=top_p, seed=seed)
+        attempt = 0
+        while True:
+            try:
+                async with self._http.stream("POST", "/v1/generate", json=body) as response:
+                    if should_retry(attempt, self.options, response=response):
+                        delay = retry_delay(attempt, self.options, response)
+                    else:
+                        if response.status_code >= 400:
+                            await response.aread()
+                            raise_for_error(response)
+                        parser = SSEParser()
+                        async for line in response.aiter_lines():
+                            message = parser.feed(line)
+                            if message is not None:
+                                yield parse_event(message)
+                        return
+            except httpx.TransportError as exc:
+                if not should_retry(attempt, self.options, error=exc):
+                    raise SidecarUnavailableError(describe(exc)) from exc
+                delay = retry_delay(attempt, self.options, None)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def generate_text(self, prompt: Prompt, **kwargs: Any) -> GenerationResult:
+        """Run `generate` to the end: the final text and whether it was cut."""
+        return collect_result([event async for event in self.generate(prompt, **kwargs)])
+
+    # -- stream moderation ----------------------------------------------------------------------
+    async def session(self, prompt: Prompt, *, config: GuardConfig | None = None) -> AsyncRemoteSession:
+        """Moderate another model's stream on the sidecar: `await feed(chunk)`, then `await close()`."""
+        session = AsyncRemoteSession(self, config or self.config)
+        await session.start(prompt)
+        return session
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncGuardrailClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncRemoteSession:
+    """A moderation session held by the sidecar (its KV cache stays there)."""
+
+    def __init__(self, client: AsyncGuardrailClient, config: GuardConfig | None) -> None:
+        self.client = client
+        self.config = config
+        self.id: str | None = None
+        self.degraded: str | None = None
+        self.tokens = 0
+        self.prompt_verdict: Verdict | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    async def start(self, prompt: Prompt) -> Verdict:
+        try:
+            response = await self.client._request("POST", "/v1/sessions",
+                                                  with_config({"prompt": prompt_json(prompt)}, self.config))
+            created = response.json()
+            self.id = created["id"]
+            self.prompt_verdict = Verdict.model_validate(created["prompt"])
+        except SidecarUnavailableError as exc:
+            self.degraded = str(exc)
+            self.client.fallbacks += 1
+            self.prompt_verdict = fallback_verdict(self.client.options, self.degraded)
+        return self.prompt_verdict
+
+    async def feed(self, chunk: str | bytes) -> ChunkVerdict:
+        """Add one chunk; `released` is the text now safe to show."""
+        text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
+        return await self._send(f"/v1/sessions/{self.id}/chunks", {"text": text}, text)
+
+    async def close(self) -> ChunkVerdict:
+        """End of the stream: the tail is checked and released if safe."""
+        tail = self._decoder.decode(b"", final=True)
+        if tail:
+            await self.feed(tail)
+        return await self._send(f"/v1/sessions/{self.id}/close", None, "")
+
+    async def delete(self) -> None:
+        """Free the session on the sidecar now rather than at its idle TTL."""
+        if self.id is None:
+            return
+        with contextlib.suppress(GuardrailRequestError, SidecarUnavailableError):
+            await self.client._request("DELETE", f"/v1/sessions/{self.id}")
+
+    async def _send(self, path: str, body: dict[str, Any] | None, text: str) -> ChunkVerdict:
+        if self.degraded is None:
+            try:
+                response = await self.client._request("POST", path, body)
+                verdict = ChunkVerdict.model_validate(response.json())
+                self.tokens = verdict.tokens
+                return verdict
+            except SidecarUnavailableError as exc:
+                self.degraded = str(exc)
+        self.client.fallbacks += 1
+        return fallback_chunk(self.client.options, self.degraded, text, self.tokens)
+
+    async def __aenter__(self) -> AsyncRemoteSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.delete()

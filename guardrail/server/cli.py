@@ -1,0 +1,57 @@
+"""`guardrail serve`: run the sidecar under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = subparsers.add_parser("serve", help="run the HTTP sidecar (checks, generation, sessions, proxy)")
+    serve.add_argument("--model", default=None,
+                       help="local Hugging Face model folder (default: SmolLM2-135M)")
+    serve.add_argument("--head", default=None, help="safety head folder (default: the shipped head)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    serve.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--upstream", default=None,
+                       help="OpenAI-compatible base URL to proxy chat completions to, e.g. http://127.0.0.1:8001/v1")
+    serve.add_argument("--api-key", default=None,
+                       help="require 'Authorization: Bearer KEY' (default: $GUARDRAIL_API_KEY)")
+    serve.add_argument("--max-sessions", type=int, default=256)
+    serve.add_argument("--session-ttl", type=float, default=300.0,
+                       help="idle seconds before a session expires")
+    serve.add_argument("--max-batch", type=int, default=16, help="streams per batched forward pass")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait to fill a batch")
+    serve.add_argument("--max-queue", type=int, default=256, help="waiting steps before 429")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    serve.add_argument("--log-text", action="store_true",
+                       help="log prompt and response text (off by default)")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from guardrail.server.app import create_app
+    from guardrail.server.settings import Settings
+
+    settings = Settings.from_env(
+        model=args.model, head=args.head, device=args.device, dtype=args.dtype, host=args.host,
+        port=args.port, upstream=args.upstream, api_key=args.api_key or os.environ.get("GUARDRAIL_API_KEY"),
+        max_sessions=args.max_sessions, session_ttl_s=args.session_ttl, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+        log_text=args.log_text,
+    )
+    level = getattr(logging, args.log_level.upper(), logging.INFO)
+    logging.basicConfig(level=logging.DEBUG if args.log_text else level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        logging.getLogger("guardrail.server").warning(
+            "listening on %s without an API key; anyone who can reach it can use it", settings.host)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=args.log_level, access_log=args.log_text)
+    return 0

@@ -1,0 +1,59 @@
+"""POST /v1/chat/completions: OpenAI-compatible, streaming or not, local or proxied upstream."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
+
+from guardrail.model.prompts import to_messages
+from guardrail.server.chat import ChatEvent, ChatMeta, completion_object, local_chat, sse_chunks
+from guardrail.server.proxy import ProxyStream
+from guardrail.server.routes.common import ERRORS
+from guardrail.server.schemas import ChatCompletionRequest
+from guardrail.server.state import StateDep
+
+router = APIRouter(tags=["openai"])
+log = logging.getLogger("guardrail.server")
+
+
+@router.post("/v1/chat/completions", responses={**ERRORS, 502: {"description": "Upstream failed"}})
+async def chat_completions(
+    body: ChatCompletionRequest,
+    state: StateDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Answer locally under strategic decoding, or moderate an upstream's answer (--upstream).
+
+    The last chunk (or the completion) carries a `guardrail` field; when the guard cut the
+    answer, finish_reason is "content_filter" and `guardrail.intercept` says where.
+    """
+    batcher, _ = state.require()
+    messages = body.chat_messages()
+    to_messages(messages)  # InputError (400) before anything is sent
+    batcher.admit()
+    config = state.config_for(body.guardrail)
+    log.debug("chat messages=%s", state.text_for_log(messages))
+    meta = ChatMeta(model=body.model or state.settings.model_name)
+    events: AsyncIterator[ChatEvent]
+    background: BackgroundTask | None = None
+    if state.settings.upstream:
+        proxy = ProxyStream(state, body, config, authorization)
+        await proxy.open()  # upstream errors become a 502 here, before any output
+        meta = proxy.meta
+        events = proxy.events()
+        background = BackgroundTask(proxy.aclose)
+    else:
+        events = local_chat(state, body, config)
+    if body.stream:
+        return EventSourceResponse(sse_chunks(meta, events), ping=15, background=background)
+    try:
+        return JSONResponse(await completion_object(meta, events))
+    finally:
+        if background is not None:
+            await background()

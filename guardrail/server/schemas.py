@@ -1,0 +1,126 @@
+"""Server-only request and response bodies; verdicts and events come from guardrail.types."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict
+
+PromptBody = str | list[ChatMessage]
+
+
+class _PromptRequest(BaseModel):
+    """A request given as `prompt` (a string or chat messages) or as `messages`."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: PromptBody | None = Field(None, description="The user request, or chat messages.")
+    messages: list[ChatMessage] | None = Field(None, description="Chat messages (alternative to prompt).")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Any:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+    @property
+    def conversation(self) -> PromptBody:
+        return self.prompt if self.prompt is not None else (self.messages or [])
+
+
+class CheckRequest(_PromptRequest):
+    response: str | None = Field(None, description="A response to check together with the prompt.")
+    config: GuardConfig | None = None
+
+
+class GenerateRequest(_PromptRequest):
+    max_new_tokens: int = Field(128, ge=1)
+    prefill: str | None = None
+    guard: bool = True
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    config: GuardConfig | None = None
+
+
+class SessionCreateRequest(_PromptRequest):
+    config: GuardConfig | None = None
+
+
+class SessionCreated(BaseModel):
+    id: str
+    prompt: Verdict
+    config: GuardConfig
+    ttl_s: float
+
+
+class ChunkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+
+
+class SessionDeleted(BaseModel):
+    id: str
+    deleted: bool = True
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# -- OpenAI-compatible chat completions ---------------------------------------------------------
+class ChatContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatRequestMessage(BaseModel):
+    """A message as OpenAI clients send it: roles and content shapes beyond our ChatMessage."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ChatContentPart] | None = None
+
+    def to_chat_message(self) -> ChatMessage:
+        text = self.content if isinstance(self.content, str) else "".join(
+            p.text or "" for p in (self.content or []) if p.type in ("text", "input_text"))
+        role = {"developer": "system", "tool": "user"}.get(self.role, self.role)
+        return ChatMessage(role=role, content=text)  # type: ignore[arg-type]
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields this server reads; anything else is passed through to an upstream."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[ChatRequestMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    n: int | None = Field(None, ge=1, le=1, description="Only one choice is supported.")
+    guardrail: GuardConfig | None = Field(None, description="Per-request guard settings (extension).")
+
+    def chat_messages(self) -> list[ChatMessage]:
+        return [m.to_chat_message() for m in self.messages]
+
+
+class GuardrailInfo(BaseModel):
+    """The `guardrail` field of a chat completion (and of its last stream chunk)."""
+
+    intercepted: bool
+    intercept: InterceptEvent | None = None
+    prompt: Verdict | None = None
+    checks: int = 0
+    mode: Literal["local", "proxy"] = "local"

@@ -1,0 +1,47 @@
+"""Server settings: one object built from the command line (or by tests) and read by every part."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+
+class Settings(BaseModel):
+    """How the sidecar is bound, secured and bounded.
+
+    Limits exist so one client cannot exhaust memory or the model worker for the others.
+    """
+
+    model: str | None = None
+    head: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    upstream: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
+    upstream_api_key: str | None = None
+    upstream_timeout_s: float = 60.0
+    api_key: str | None = None
+    max_sessions: int = Field(256, ge=1)
+    session_ttl_s: float = Field(300.0, gt=0)
+    max_session_memory_mb: float = Field(2048.0, gt=0, description="Bound on all sessions' KV caches.")
+    max_batch: int = Field(16, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    max_queue: int = Field(256, ge=1, description="Pending model steps before new work gets 429.")
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_new_tokens: int = Field(1024, ge=1, description="Upper bound on a generation's length.")
+    max_session_tokens: int = Field(32768, ge=1, description="Response tokens one session may receive.")
+    log_text: bool = False
+    model_name: str = "guardrail"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Fill secrets from the environment, so they need not appear in a process listing."""
+        values: dict[str, object] = {}
+        if os.environ.get("GUARDRAIL_API_KEY"):
+            values["api_key"] = os.environ["GUARDRAIL_API_KEY"]
+        if os.environ.get("GUARDRAIL_UPSTREAM_API_KEY"):
+            values["upstream_api_key"] = os.environ["GUARDRAIL_UPSTREAM_API_KEY"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

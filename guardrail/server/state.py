@@ -1,0 +1,76 @@
+"""What the routes share: settings, the model behind its batcher, sessions, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+
+from guardrail.model.engine import SafetyModel
+from guardrail.server.batcher import Batcher
+from guardrail.server.errors import APIError
+from guardrail.server.metrics import Metrics
+from guardrail.server.sessions import SessionStore, kv_bytes_per_token
+from guardrail.server.settings import Settings
+from guardrail.server.tokenizing import TokenizerThread
+from guardrail.types import GuardConfig
+
+log = logging.getLogger("guardrail.server")
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    text: TokenizerThread = field(default_factory=TokenizerThread)
+    model: SafetyModel | None = None
+    batcher: Batcher | None = None
+    sessions: SessionStore | None = None
+    config: GuardConfig = field(default_factory=GuardConfig)
+    upstream: httpx.AsyncClient | None = None
+    load_error: str | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def attach(self, model: SafetyModel) -> None:
+        """Put a loaded model behind a fresh batcher and session store."""
+        s = self.settings
+        self.model = model
+        self.config = GuardConfig(threshold=float(model.head.config.threshold))
+        self.batcher = Batcher(model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
+                               max_queue=s.max_queue, metrics=self.metrics)
+        self.batcher.start()
+        self.sessions = SessionStore(
+            max_sessions=s.max_sessions, ttl_s=s.session_ttl_s,
+            max_bytes=int(s.max_session_memory_mb * 2**20), bytes_per_token=kv_bytes_per_token(model),
+            metrics=self.metrics,
+        )
+        self.ready.set()
+
+    def require(self) -> tuple[Batcher, SessionStore]:
+        """The batcher and store, or 503 while the model is still loading."""
+        if self.batcher is None or self.sessions is None or not self.ready.is_set():
+            message = f"model failed to load: {self.load_error}" if self.load_error else "model is loading"
+            raise APIError(503, message, type="server_error", code="not_ready",
+                           headers={"Retry-After": "1"})
+        return self.batcher, self.sessions
+
+    def config_for(self, override: GuardConfig | None) -> GuardConfig:
+        return override if override is not None else self.config
+
+    def text_for_log(self, text: object) -> str:
+        """Prompt and response text appears in logs only when --log-text is given."""
+        if not self.settings.log_text:
+            return f"<{len(str(text))} chars>"
+        return repr(text)[:2000]
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.guardrail
+    return state
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]

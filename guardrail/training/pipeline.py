@@ -1,0 +1,163 @@
+"""`guardrail train`: data -> trajectories -> cached keys/values -> head -> report."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guardrail.model.engine import SafetyModel
+from guardrail.model.head import HeadConfig, SafetyHead
+from guardrail.model.loading import cache_dir, load_model
+from guardrail.training import kvstore, metrics
+from guardrail.training import trajectories as traj
+from guardrail.training.kvstore import Shard
+from guardrail.training.recipe import (
+    HELD_OUT_BENIGN,
+    HELD_OUT_FAMILIES,
+    Recipe,
+    build_groups,
+    excludes,
+    is_held_out,
+    split_validation,
+)
+from guardrail.training.samples import Sample
+from guardrail.training.sources import source_report
+from guardrail.training.trainer import TrainConfig, score, train
+
+#: Leave-one-source-out folds: each trains without these and reports recall on them.
+LOSO_SOURCES = ("harmbench", "advbench", "donotanswer_malicious", "written_malicious_varied", "airt_harms")
+
+
+def _subsample(groups: dict[str, list[Sample]], per_group: int, seed: int) -> dict[str, list[Sample]]:
+    rng = random.Random(seed)
+    return {k: rng.sample(v, min(per_group, len(v))) for k, v in groups.items()}
+
+
+def run(
+    output: Path,
+    *,
+    model: str | None = None,
+    seed: int = 0,
+    epochs: int = 4,
+    folds: bool = True,
+    quick: bool = False,
+) -> dict[str, Any]:
+    started = time.time()
+    loaded = load_model(model)
+    config = loaded.model.config
+    head = SafetyHead(
+        HeadConfig(
+            hidden_size=config.hidden_size, num_layers=config.num_hidden_layers, base_model=loaded.name
+        )
+    )
+    safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
+    recipe = Recipe(seed=seed)
+    if quick:
+        recipe.n_traj_harmful = recipe.n_traj_benign = 16
+    work = cache_dir() / "train"
+
+    def generate(plans: list[traj.Trajectory], max_new: int) -> list[traj.Trajectory]:
+        key = traj.cache_key(plans, loaded.name, max_new)
+        return traj.generate(
+            loaded.model,
+            loaded.tokenizer,
+            plans,
+            max_new_tokens=max_new,
+            cache_file=work / f"trajectories-{key}.jsonl",
+        )
+
+    groups = build_groups(loaded.tokenizer, generate, recipe)
+    if quick:
+        groups = _subsample(groups, 12, seed)
+    groups = split_validation(groups, seed)
+    shards = kvstore.build(safety, work / "kv" / loaded.name, groups)
+
+    train_shards = [s for s in shards if not is_held_out(s.group) and "#val" not in s.group]
+    val_shards = [s for s in shards if "#val" in s.group]
+    held_shards = [s for s in shards if is_held_out(s.group)]
+    cfg = TrainConfig(epochs=1 if quick else epochs, seed=seed)
+    losses = train(safety, train_shards, cfg, desc="head")
+
+    val = score(safety, val_shards)
+    threshold = metrics.calibrate_threshold(val.prompt_scores, val.prompt_labels)
+    report: dict[str, Any] = {
+        "model": loaded.name,
+        "seed": seed,
+        "epochs": cfg.epochs,
+        "losses": losses,
+        "threshold": threshold,
+        "threshold_rule": metrics.CALIBRATION_RULE,
+        "held_out": {"benign": HELD_OUT_BENIGN, "jailbreak_families": list(HELD_OUT_FAMILIES)},
+        "sources": source_report(),
+        "groups": {g: sum(len(s.samples) for s in shards if s.group == g) for g in sorted(groups)},
+    }
+    report["validation"] = metrics.prompt_metrics(val.prompt_scores, val.prompt_labels, threshold)
+    report["validation_checks"] = metrics.check_metrics(val.check_scores, val.check_labels, threshold)
+    report["held_out_groups"] = _per_group(safety, held_shards, threshold)
+    held = score(safety, held_shards)
+    report["held_out_auroc"] = metrics.auroc(held.prompt_scores, held.prompt_labels)
+    report["baselines"] = metrics.baselines(
+        score(safety, train_shards), held, [s.group for s in held_shards for _ in s.samples], threshold
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    head_extra = {"threshold": threshold, "trained_on": sorted({s.group.split("|")[0] for s in train_shards})}
+    safety.head.config.threshold = threshold
+    safety.head.save(output, extra={"threshold": threshold, "report": "report.json"})
+    metrics.plots(output, held, val, safety, report)
+    if folds and not quick:
+        report["leave_one_source_out"] = _folds(safety, shards, cfg)
+        # retrain the shipped head last so the saved weights are the full-data head
+        train(safety, train_shards, cfg, desc="head (final)")
+        safety.head.save(output, extra={"threshold": threshold, "report": "report.json"})
+    report["head_extra"] = head_extra
+    report["train_minutes"] = round((time.time() - started) / 60, 1)
+    (output / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    (output / "report.md").write_text(metrics.markdown(report))
+    return report
+
+
+def _per_group(safety: SafetyModel, shards: list[Shard], threshold: float) -> dict[str, Any]:
+    by_group: dict[str, list[Shard]] = {}
+    for shard in shards:
+        by_group.setdefault(shard.group.split("|")[0], []).append(shard)
+    out = {}
+    for group, items in sorted(by_group.items()):
+        scored = score(safety, items)
+        out[group] = metrics.prompt_metrics(scored.prompt_scores, scored.prompt_labels, threshold)
+    return out
+
+
+def _folds(safety: SafetyModel, shards: list[Shard], cfg: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for source in (*LOSO_SOURCES, *HELD_OUT_FAMILIES[:0]):
+        train_shards = [
+            s
+            for s in shards
+            if not is_held_out(s.group) and "#val" not in s.group and not excludes(s.group, source)
+        ]
+        val_shards = [s for s in shards if "#val" in s.group and not excludes(s.group, source)]
+        test_shards = [s for s in shards if s.group.split("#")[0] == source]
+        train(safety, train_shards, TrainConfig(epochs=cfg.epochs, seed=cfg.seed), desc=f"fold -{source}")
+        val = score(safety, val_shards)
+        threshold = metrics.calibrate_threshold(val.prompt_scores, val.prompt_labels)
+        test = score(safety, test_shards)
+        row = metrics.prompt_metrics(test.prompt_scores, test.prompt_labels, threshold)
+        row["threshold"] = threshold
+        out[source] = row
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)

@@ -1,0 +1,142 @@
+"""Helpers for the server and client tests: a real uvicorn server in a thread, a model whose
+verdicts are deterministic, and a scripted OpenAI-compatible upstream (no tests here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
+from guardrail.model.head import HeadConfig, SafetyHead
+
+UNSAFE_WORD = " bomb"
+SCRIPT = ("Sure, I can help with that. Here is a short story about a dog and a red ball in the park."
+          " Then the bomb goes off with a loud bang and the secret recipe follows in detail.")
+SAFE_PART = SCRIPT[: SCRIPT.index(" Then the bomb")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class KeywordSafetyModel(SafetyModel):
+    """A tiny random LM whose [CLS] score is 0.99 when a checked span contains a keyword.
+
+    The forward passes are real (step_many, caches, masks); only the head's number is
+    replaced, so server mechanics can be asserted without depending on a trained head.
+    """
+
+    keyword_ids: list[list[int]]
+    delay_s = 0.0
+
+    def step_many(self, requests: list[StepRequest]) -> list[StepOutput]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        before = [r.cache.get_seq_length() for r in requests]
+        outputs = super().step_many(requests)
+        for r, past, out in zip(requests, before, outputs, strict=True):
+            history = getattr(r.cache, "_kw_history", [])[:past] + list(r.token_ids)
+            r.cache._kw_history = history  # type: ignore[attr-defined]
+            if r.check is not None:
+                seen = history[: r.check.seen]
+                hit = any(_contains(seen, kw) for kw in self.keyword_ids)
+                out.score = 0.99 if hit else 0.01
+        return outputs
+
+
+def _contains(seq: list[int], sub: list[int]) -> bool:
+    n = len(sub)
+    return any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
+
+
+def make_model(tokenizer: Any, *, keyword: bool = True, seed: int = 0) -> SafetyModel:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+    )
+    lm = LlamaForCausalLM(config).eval()
+    lm.requires_grad_(False)
+    head = SafetyHead(HeadConfig(hidden_size=32, num_layers=2, adapter_rank=4, classifier_hidden=16))
+    with torch.no_grad():
+        head.init_cls_from(lm.get_input_embeddings().weight)
+        for adapter in head.adapters:
+            torch.nn.init.normal_(adapter.up.weight, std=0.5)
+            torch.nn.init.normal_(adapter.bias, std=0.5)
+    cls = KeywordSafetyModel if keyword else SafetyModel
+    model = cls(lm, tokenizer, head, name="tiny")
+    if keyword:
+        ids = tokenizer(UNSAFE_WORD, add_special_tokens=False)["input_ids"]
+        model.keyword_ids = [[int(i) for i in ids]]  # type: ignore[attr-defined]
+    return model
+
+
+class ServerThread:
+    """A real uvicorn server on a free loopback port, run in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def fake_upstream(script: str = SCRIPT, delay_s: float = 0.005) -> tuple[Starlette, list[dict[str, Any]]]:
+    """An OpenAI-compatible upstream that streams `script` word by word."""
+    received: list[dict[str, Any]] = []
+    words = script.split(" ")
+    pieces = [words[0]] + [" " + w for w in words[1:]]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return "data: " + json.dumps({
+            "id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 0, "model": "upstream-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }) + "\n\n"
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        received.append({"body": body, "authorization": request.headers.get("authorization")})
+        if body.get("messages", [{}])[-1].get("content") == "FAIL":
+            return JSONResponse({"error": {"message": "upstream broke"}}, status_code=500)
+
+        async def stream() -> AsyncIterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
+            for piece in pieces:
+                await asyncio.sleep(delay_s)
+                yield chunk({"content": piece})
+            yield chunk({}, "stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])]), received
