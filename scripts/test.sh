@@ -2,7 +2,8 @@
 # Fresh machine to a full test run: builds .venv with dev extras, then lint, types and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/pytest ] && .venv/bin/python -c "import guardrail, garak" 2>/dev/null 2>&1 || bash scripts/bootstrap.sh dev
+[ -x .venv/bin/pytest ] && .venv/bin/python -c "import guardrail, importlib.util as u; assert u.find_spec('garak')" 2>/dev/null || bash scripts/bootstrap.sh dev
+bash scripts/install_browser.sh || echo "could not install Chromium: the chat page browser test will skip" >&2
 .venv/bin/ruff check guardrail tests integrations benchmarks examples
 .venv/bin/mypy guardrail
 # The suite runs a sidecar process beside the test process; one intra-op thread each avoids

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,7 +21,7 @@ from guardrail.model.prompts import InputError
 from guardrail.server.batcher import BatcherStoppedError, QueueFullError
 from guardrail.server.errors import APIError, error_response
 from guardrail.server.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from guardrail.server.routes import chat, check, generate, health, sessions
+from guardrail.server.routes import chat, check, generate, health, sessions, ui
 from guardrail.server.settings import Settings
 from guardrail.server.state import ServerState
 
@@ -62,11 +63,15 @@ def create_app(settings: Settings | None = None, safety_model: SafetyModel | Non
                   description="Token-level safety checks, guarded generation and stream moderation "
                               "with an explicit [CLS] safety signal.")
     app.state.guardrail = state
-    for router in (health.router, check.router, generate.router, sessions.router, chat.router):
+    for router in (health.router, check.router, generate.router, sessions.router, chat.router, ui.router):
         app.include_router(router)
+    app.mount("/static", ui.static_files(), name="static")
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, api_key=settings.api_key)
+    if settings.cors_origins:  # off unless asked for: a browser page elsewhere cannot call the API
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["authorization", "content-type"])
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: sees 401 and 413 too
     return app
 

@@ -18,6 +18,8 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--upstream", default=None,
                        help="OpenAI-compatible base URL to proxy chat completions to, e.g. http://127.0.0.1:8001/v1")
+    serve.add_argument("--upstream-timeout", type=float, default=60.0,
+                       help="seconds of upstream silence before a proxied stream ends with an error")
     serve.add_argument("--api-key", default=None,
                        help="require 'Authorization: Bearer KEY' (default: $GUARDRAIL_API_KEY)")
     serve.add_argument("--max-sessions", type=int, default=256)
@@ -27,6 +29,10 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait to fill a batch")
     serve.add_argument("--max-queue", type=int, default=256, help="waiting steps before 429")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    serve.add_argument("--max-new-tokens", type=int, default=1024,
+                       help="upper bound on one generation's length (generate and chat)")
+    serve.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                       help="allow browser requests from this origin (repeatable; default: no CORS)")
     serve.add_argument("--log-text", action="store_true",
                        help="log prompt and response text (off by default)")
     serve.add_argument("--log-level", default="info")
@@ -41,10 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(
         model=args.model, head=args.head, device=args.device, dtype=args.dtype, host=args.host,
-        port=args.port, upstream=args.upstream, api_key=args.api_key or os.environ.get("GUARDRAIL_API_KEY"),
+        port=args.port, upstream=args.upstream, upstream_timeout_s=args.upstream_timeout,
+        api_key=args.api_key or os.environ.get("GUARDRAIL_API_KEY"),
         max_sessions=args.max_sessions, session_ttl_s=args.session_ttl, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
-        log_text=args.log_text,
+        max_new_tokens=args.max_new_tokens, log_text=args.log_text, cors_origins=args.cors_origin,
     )
     level = getattr(logging, args.log_level.upper(), logging.INFO)
     logging.basicConfig(level=logging.DEBUG if args.log_text else level,

@@ -6,11 +6,14 @@ next to a model step and keeps updates from the model worker thread safe.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 LabelKey = tuple[str, ...]
+T = TypeVar("T")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -90,6 +93,10 @@ class Gauge(_Metric):
         with self._lock:
             self._value = value
 
+    def add(self, amount: float) -> None:
+        with self._lock:
+            self._value += amount
+
     def value(self) -> float:
         return float(self._read()) if self._read is not None else self._value
 
@@ -135,6 +142,24 @@ class Histogram(_Metric):
         return lines
 
 
+async def tracked(gauge: Gauge, events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Count a stream while it runs; the count drops however it ends (done, error, hang-up).
+
+    A client that disconnects cancels the response task, which raises inside this
+    generator, so a stream that leaks its model state shows up as a gauge that stays up.
+    """
+    gauge.add(1)
+    try:
+        async for event in events:
+            yield event
+    finally:
+        gauge.add(-1)
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(BaseException):
+                await aclose()
+
+
 class Metrics:
     """Every metric the sidecar exports, in one registry per app."""
 
@@ -156,6 +181,8 @@ class Metrics:
         self.sessions_evicted = Counter("guardrail_sessions_evicted_total",
                                         "Sessions dropped before their close, by reason.", ("reason",))
         self.active_sessions = Gauge("guardrail_active_sessions", "Open moderation sessions.")
+        self.active_streams = Gauge("guardrail_active_streams",
+                                    "Generation and chat streams in progress (each holds a KV cache).")
         self.queue_depth = Gauge("guardrail_queue_depth", "Model steps waiting for the worker.")
         self.session_memory = Gauge("guardrail_session_memory_bytes", "Estimated KV cache bytes held.")
 

@@ -20,6 +20,7 @@ from guardrail.server.metrics import Metrics
 
 log = logging.getLogger("guardrail.server")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PREFIXES = ("/static/",)  # the chat page and its assets; they hold no data
 _SESSION_PATH = re.compile(r"^/v1/sessions/[^/]+")
 
 
@@ -66,14 +67,17 @@ class MetricsMiddleware:
 
 
 class AuthMiddleware:
-    """Bearer API key on every path but the health probes."""
+    """Bearer API key on every path but the health probes and the chat page (GET)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.api_key is None or scope["path"] in PUBLIC_PATHS:
+        path = scope.get("path", "")
+        page = scope.get("method") in ("GET", "HEAD") and (path == "/" or path.startswith(PUBLIC_PREFIXES))
+        public = path in PUBLIC_PATHS or page
+        if scope["type"] != "http" or self.api_key is None or public:
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")

@@ -33,6 +33,8 @@ class Settings(BaseModel):
     max_new_tokens: int = Field(1024, ge=1, description="Upper bound on a generation's length.")
     max_session_tokens: int = Field(32768, ge=1, description="Response tokens one session may receive.")
     log_text: bool = False
+    cors_origins: list[str] = Field(default_factory=list,
+                                    description="Origins allowed to call from a browser; none by default.")
     model_name: str = "guardrail"
 
     @classmethod

@@ -70,6 +70,7 @@ def build(model: SafetyModel, root: Path, groups: dict[str, list[Sample]]) -> li
     plan = [(group, batch) for group, samples in groups.items() for batch in batches(samples)]
     shards: list[Shard] = []
     pad = int(model.tokenizer.eos_token_id or 0)
+    prefixes: dict[tuple[int, ...], tuple[DynamicCache, torch.Tensor]] = {}
     for group, batch in tqdm(plan, desc="keys/values", unit="shard"):
         path = root / f"{_key(model.name, batch)}.safetensors"
         shards.append(Shard(path, group, batch))
@@ -78,9 +79,7 @@ def build(model: SafetyModel, root: Path, groups: dict[str, list[Sample]]) -> li
         width = max(s.length for s in batch)
         rows = [s.prompt_ids + s.response_ids for s in batch]
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
-        cache = model.new_cache()
-        out = model.decoder(input_ids=ids, use_cache=True, **{model._cache_kw: cache})
-        hidden = out.last_hidden_state.float()
+        cache, hidden = _encode(model, ids, rows, prefixes)
         prompt_mask = torch.zeros(len(batch), width, 1, device=model.device)
         for b, s in enumerate(batch):
             prompt_mask[b, : len(s.prompt_ids)] = 1
@@ -93,6 +92,46 @@ def build(model: SafetyModel, root: Path, groups: dict[str, list[Sample]]) -> li
         save_file(tensors, str(tmp))
         tmp.replace(path)
     return shards
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for row in rows[1:]:
+        k = 0
+        while k < n and row[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+def _encode(
+    model: SafetyModel,
+    ids: torch.Tensor,
+    rows: list[list[int]],
+    prefixes: dict[tuple[int, ...], tuple[DynamicCache, torch.Tensor]],
+) -> tuple[DynamicCache, torch.Tensor]:
+    """Encode a batch; the chat template's shared opening is encoded once and reused."""
+    shared = max(0, _common_prefix(rows) - 1)
+    if shared < 8:
+        cache = model.new_cache()
+        out = model.decoder(input_ids=ids, use_cache=True, **{model._cache_kw: cache})
+        return cache, out.last_hidden_state.float()
+    key = tuple(rows[0][:shared])
+    if key not in prefixes:
+        prefix_cache = model.new_cache()
+        out = model.decoder(input_ids=ids[:1, :shared], use_cache=True, **{model._cache_kw: prefix_cache})
+        prefixes[key] = (prefix_cache, out.last_hidden_state.float())
+    prefix_cache, prefix_hidden = prefixes[key]
+    batch = ids.shape[0]
+    cache = model.new_cache()
+    for layer_idx, layer in enumerate(prefix_cache.layers):
+        keys, values = layer.keys, layer.values  # type: ignore[union-attr]
+        cache.update(keys.expand(batch, -1, -1, -1).contiguous(),  # type: ignore[union-attr]
+                     values.expand(batch, -1, -1, -1).contiguous(), layer_idx)  # type: ignore[union-attr]
+    out = model.decoder(input_ids=ids[:, shared:], use_cache=True, **{model._cache_kw: cache})
+    hidden = torch.cat([prefix_hidden.expand(batch, -1, -1), out.last_hidden_state.float()], 1)
+    return cache, hidden
 
 
 def load_cache(model: SafetyModel, shard: Shard) -> tuple[DynamicCache, torch.Tensor]:

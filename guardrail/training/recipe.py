@@ -48,6 +48,10 @@ BENIGN_SOURCES = (
 HELD_OUT_BENIGN = {"ordinary": "persistbench", "alarming": "rho_overrefusal"}
 HELD_OUT_FAMILIES = ("dan", "pyrit:pliny", "pyrit:Arth_Singh")
 VALIDATION_SHARE = 0.15
+#: Long benign sources are capped so that no single source dominates the benign side.
+SOURCE_CAPS = {"tau2": 120, "rho_sycophancy": 120, "writingbench": 80}
+#: In-the-wild templates are the largest family; a sample keeps the cost of a run near an hour.
+INTHEWILD_TEMPLATES = 320
 
 
 @dataclass
@@ -83,12 +87,20 @@ def build_groups(
     groups: dict[str, list[Sample]] = defaultdict(list)
     malicious: dict[str, list[Example]] = {name: load_source(name) for name in MALICIOUS_SOURCES}
     for name in (*MALICIOUS_SOURCES, *BENIGN_SOURCES, *HELD_OUT_BENIGN.values()):
-        for example in load_source(name):
+        examples = load_source(name)
+        if name in SOURCE_CAPS:
+            examples = random.Random(recipe.seed).sample(examples, min(SOURCE_CAPS[name], len(examples)))
+        for example in examples:
             groups[name].append(prompt_sample(tokenizer, example))
 
     # Jailbreak frames around malicious requests, grouped by family and by request source.
     pool = [(name, e.text) for name, items in malicious.items() for e in items if len(e.text) < 400]
-    for template in jailbreak_templates():
+    templates = jailbreak_templates()
+    wild = [t for t in templates if t.family == "inthewild"]
+    keep_wild = set(map(id, random.Random(recipe.seed).sample(wild, min(INTHEWILD_TEMPLATES, len(wild)))))
+    for template in templates:
+        if template.family == "inthewild" and id(template) not in keep_wild:
+            continue
         for _ in range(recipe.wraps_per_template):
             source, request = rng.choice(pool)
             text = wrap(request, template)

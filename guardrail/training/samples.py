@@ -15,7 +15,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from guardrail.model.prompts import encode_prompt, encode_text, fit_prompt
 from guardrail.training.sources import Example
 
-MAX_TOKENS = 384
+MAX_TOKENS = 256
 CHECK_EVERY = 4
 
 

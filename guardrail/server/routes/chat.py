@@ -13,6 +13,7 @@ from starlette.background import BackgroundTask
 
 from guardrail.model.prompts import to_messages
 from guardrail.server.chat import ChatEvent, ChatMeta, completion_object, local_chat, sse_chunks
+from guardrail.server.metrics import tracked
 from guardrail.server.proxy import ProxyStream
 from guardrail.server.routes.common import ERRORS
 from guardrail.server.schemas import ChatCompletionRequest
@@ -51,7 +52,8 @@ async def chat_completions(
     else:
         events = local_chat(state, body, config)
     if body.stream:
-        return EventSourceResponse(sse_chunks(meta, events), ping=15, background=background)
+        return EventSourceResponse(tracked(state.metrics.active_streams, sse_chunks(meta, events)), ping=15,
+                                   background=background)
     try:
         return JSONResponse(await completion_object(meta, events))
     finally:

@@ -13,6 +13,7 @@ from guardrail.model.decoding import SamplingParams
 from guardrail.model.prompts import to_messages
 from guardrail.server.errors import APIError, error_body
 from guardrail.server.generation import SteppedGeneration
+from guardrail.server.metrics import tracked
 from guardrail.server.routes.common import ERRORS
 from guardrail.server.schemas import GenerateRequest
 from guardrail.server.state import StateDep
@@ -50,4 +51,4 @@ async def generate(body: GenerateRequest, state: StateDep) -> EventSourceRespons
             yield {"event": "error", "data": json.dumps(error_body(f"generation failed: {type(exc).__name__}",
                                                                    type="server_error"))}
 
-    return EventSourceResponse(events(), ping=15)
+    return EventSourceResponse(tracked(state.metrics.active_streams, events()), ping=15)
