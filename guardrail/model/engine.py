@@ -78,6 +78,11 @@ class SafetyModel(nn.Module):
                 f"head has {len(self.head.adapters)} adapters but the model has "
                 f"{0 if layers is None else len(layers)} decoder layers"
             )
+        hidden = int(self.embed.weight.shape[1])  # type: ignore[index]
+        if head.config.hidden_size != hidden:
+            raise ValueError(
+                f"head was trained for hidden size {head.config.hidden_size}, the model has {hidden}"
+            )
         for layer, adapter in zip(layers, self.head.adapters, strict=True):
             layer.register_forward_hook(self._adapter_hook(adapter))
 
