@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${1:-dev}"
-python3 -m venv .venv
+[ -x .venv/bin/python ] || python3 -m venv .venv
 py=.venv/bin/python
 $py -m pip install -q --upgrade pip
 # CPU build of torch; an open range would pull several GB of CUDA packages.

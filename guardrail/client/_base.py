@@ -177,9 +177,26 @@ def collect_result(events: Iterable[GenerationEvent]) -> GenerationResult:
 
 
 # -- fail policy ------------------------------------------------------------------------------------
+def record_fallback(options: ClientOptions, reason: str, kind: str) -> None:
+    """Leave a trace of every made-up verdict: a warning, and an event on the current span.
+
+    Under fail_open a fallback lets text through unchecked, so it must never be silent;
+    the span event lands on the app's (or `instrument()`'s) span when OpenTelemetry is used.
+    """
+    log.warning("guardrail sidecar unreachable (%s); applying %s", reason, options.fail_policy)
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - OpenTelemetry is optional
+        return
+    trace.get_current_span().add_event("guardrail.fallback", {
+        "guardrail.fail_policy": options.fail_policy, "guardrail.fallback.kind": kind,
+        "guardrail.fallback.reason": reason[:200],
+    })
+
+
 def fallback_verdict(options: ClientOptions, reason: str) -> FallbackVerdict:
     closed = options.fail_policy == "fail_closed"
-    log.warning("guardrail sidecar unreachable (%s); applying %s", reason, options.fail_policy)
+    record_fallback(options, reason, "check")
     return FallbackVerdict(label="unsafe" if closed else "safe", score=1.0 if closed else 0.0,
                            threshold=options.threshold, fail_policy=options.fail_policy, reason=reason)
 
@@ -187,12 +204,52 @@ def fallback_verdict(options: ClientOptions, reason: str) -> FallbackVerdict:
 def fallback_chunk(options: ClientOptions, reason: str, chunk: str, tokens: int = 0) -> FallbackChunkVerdict:
     """fail_closed cuts the stream (nothing released); fail_open passes the chunk unchecked."""
     closed = options.fail_policy == "fail_closed"
-    log.warning("guardrail sidecar unreachable (%s); applying %s", reason, options.fail_policy)
+    record_fallback(options, reason, "chunk")
     return FallbackChunkVerdict(
         label="unsafe" if closed else "safe", score=1.0 if closed else 0.0, threshold=options.threshold,
         released="" if closed else chunk, intercepted=closed, intercept_index=0 if closed else None,
         tokens=tokens, fail_policy=options.fail_policy, reason=reason,
     )
+
+
+# -- session replay -------------------------------------------------------------------------------
+REPLICA_HEADER = "x-guardrail-replica"
+
+
+def is_gone(error: Exception) -> bool:
+    """410: the session expired, was evicted, or its replica is gone; it can be rebuilt."""
+    return isinstance(error, GuardrailRequestError) and error.status == 410
+
+
+class StreamLedger:
+    """What a remote session has sent and shown, so a lost session can be replayed once,
+    in one chunk (O(text)), without showing any text twice.
+
+    Releases are prefix-consistent: a replayed session releases the same text from the
+    start, so the first `shown` characters it releases are skipped.
+    """
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self.shown = 0
+        self.skip = 0
+
+    def replaying(self, text: str) -> str:
+        """The text to feed a fresh session: everything sent so far, then this chunk."""
+        self.skip = self.shown
+        return self.sent + text
+
+    def show(self, verdict: ChunkVerdict, text: str) -> ChunkVerdict:
+        """Record an accepted chunk and trim what the app has already seen."""
+        self.sent += text
+        released = verdict.released
+        if self.skip:
+            cut = min(self.skip, len(released))
+            self.skip -= cut
+            released = released[cut:]
+            verdict = verdict.model_copy(update={"released": released})
+        self.shown += len(released)
+        return verdict
 
 
 def describe(error: Exception) -> str:

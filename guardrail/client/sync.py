@@ -11,14 +11,18 @@ from typing import Any
 import httpx
 
 from guardrail.client._base import (
+    REPLICA_HEADER,
     ClientOptions,
     FailPolicy,
     Prompt,
+    StreamLedger,
     collect_result,
     describe,
     fallback_chunk,
     fallback_verdict,
     generate_body,
+    is_gone,
+    log,
     parse_event,
     prompt_json,
     raise_for_error,
@@ -146,16 +150,32 @@ class RemoteSession:
         self.id: str | None = None
         self.degraded: str | None = None  # why the sidecar could not be used, if it could not
         self.tokens = 0
+        self.replays = 0  # times the session was rebuilt after a 410 (replica lost, expired)
+        self.replica: str | None = None  # the replica that served the last answer, when named
+        self._prompt = prompt
+        self._config = config
+        self._ledger = StreamLedger()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""  # sent to the sidecar, not yet released by it
         try:
-            created = client._request("POST", "/v1/sessions",
-                                      with_config({"prompt": prompt_json(prompt)}, config)).json()
-            self.id = created["id"]
-            self.prompt_verdict: Verdict = Verdict.model_validate(created["prompt"])
+            self.prompt_verdict: Verdict = self._create()
         except SidecarUnavailableError as exc:
             self.degraded = str(exc)
             client.fallbacks += 1
             self.prompt_verdict = fallback_verdict(client.options, self.degraded)
+
+    def _create(self) -> Verdict:
+        response = self.client._request("POST", "/v1/sessions",
+                                        with_config({"prompt": prompt_json(self._prompt)}, self._config))
+        created = response.json()
+        self.id = created["id"]
+        self.replica = response.headers.get(REPLICA_HEADER)
+        return Verdict.model_validate(created["prompt"])
+
+    def _post(self, path: str, body: dict[str, Any] | None) -> ChunkVerdict:
+        response = self.client._request("POST", path, body)
+        self.replica = response.headers.get(REPLICA_HEADER, self.replica)
+        return ChunkVerdict.model_validate(response.json())
 
     def feed(self, chunk: str | bytes) -> ChunkVerdict:
         """Add one chunk; `released` is the text now safe to show."""
@@ -165,9 +185,13 @@ class RemoteSession:
     def close(self) -> ChunkVerdict:
         """End of the stream: the tail is checked and released if safe."""
         tail = self._decoder.decode(b"", final=True)
-        if tail:
-            self.feed(tail)
-        return self._send(f"/v1/sessions/{self.id}/close", None, "")
+        first = self.feed(tail) if tail else None
+        if first is not None and first.intercepted:
+            return first
+        verdict = self._send(f"/v1/sessions/{self.id}/close", None, "")
+        if first is not None and first.released:  # what the tail's chunk released is not lost
+            verdict = verdict.model_copy(update={"released": first.released + verdict.released})
+        return verdict
 
     def delete(self) -> None:
         """Free the session on the sidecar now rather than at its idle TTL."""
@@ -177,15 +201,46 @@ class RemoteSession:
             self.client._request("DELETE", f"/v1/sessions/{self.id}")
 
     def _send(self, path: str, body: dict[str, Any] | None, text: str) -> ChunkVerdict:
+        self._pending += text
         if self.degraded is None:
             try:
-                verdict = ChunkVerdict.model_validate(self.client._request("POST", path, body).json())
+                try:
+                    verdict = self._post(path, body)
+                except GuardrailRequestError as exc:
+                    if not is_gone(exc):
+                        raise
+                    verdict = self._replay(text, closing=body is None, reason=exc.server_message)
+                verdict = self._ledger.show(verdict, text)
                 self.tokens = verdict.tokens
+                self._pending = self._pending[len(verdict.released):]
                 return verdict
             except SidecarUnavailableError as exc:
                 self.degraded = str(exc)
         self.client.fallbacks += 1
-        return fallback_chunk(self.client.options, self.degraded, text, self.tokens)
+        # fail_open releases everything the sidecar still held back, so no text is lost
+        pending, self._pending = self._pending, ""
+        return fallback_chunk(self.client.options, self.degraded, pending, self.tokens)
+
+    def _replay(self, text: str, *, closing: bool, reason: str) -> ChunkVerdict:
+        """Rebuild a lost session elsewhere: one new session, the whole text so far as one
+        chunk, then the close if that was the request. A failed replay counts as unavailable."""
+        self.replays += 1
+        log.warning("guardrail session %s lost (%s); replaying %d characters", self.id, reason,
+                    len(self._ledger.sent) + len(text))
+        try:
+            self._create()
+            replay = self._ledger.replaying(text)
+            first: ChunkVerdict | None = None
+            if replay or not closing:
+                first = self._post(f"/v1/sessions/{self.id}/chunks", {"text": replay})
+                if not closing or first.intercepted:
+                    return first
+            verdict = self._post(f"/v1/sessions/{self.id}/close", None)
+        except GuardrailRequestError as exc:
+            raise SidecarUnavailableError(f"session lost and its replay failed: {exc}") from exc
+        if first is not None and first.released:
+            verdict = verdict.model_copy(update={"released": first.released + verdict.released})
+        return verdict
 
     def __enter__(self) -> RemoteSession:
         return self

@@ -44,12 +44,13 @@ class SamplingParams:
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """Greedy at temperature 0, else temperature and nucleus sampling."""
-    if params.temperature <= 0:
+    if params.temperature < 1e-3:  # below this, softmax under/overflows: it is greedy anyway
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.float() / params.temperature, -1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
+        keep = sorted_probs.cumsum(-1) - sorted_probs < max(params.top_p, 1e-6)
+        keep[0] = True  # the most likely token always survives
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
 

@@ -26,7 +26,7 @@ def cls_visibility(key_len: int, query: ClsQuery, device: torch.device | None = 
     """Boolean [key_len]: which ordinary positions one [CLS] query may read."""
     pos = torch.arange(key_len, device=device)
     visible = pos < query.seen
-    if query.window is not None:
+    if query.window is not None and query.window < key_len:
         recent = pos >= query.seen - query.window
         visible &= (pos < query.prompt_len) | recent
     return visible

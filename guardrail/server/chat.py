@@ -8,6 +8,7 @@ completion object, with the guard's verdict in an extra `guardrail` field.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from guardrail.server.state import ServerState
 from guardrail.types import DoneEvent, GuardConfig, InterceptEvent, ScoreEvent, TokenEvent, Verdict
 
 DEFAULT_MAX_TOKENS = 256
+log = logging.getLogger("guardrail.server")
 
 
 @dataclass
@@ -97,18 +99,24 @@ def stream_chunk(meta: ChatMeta, delta: dict[str, Any], finish_reason: str | Non
 async def sse_chunks(meta: ChatMeta, events: AsyncIterator[ChatEvent]) -> AsyncIterator[dict[str, str]]:
     """OpenAI streaming: role first, then content deltas, a final chunk, then [DONE]."""
     yield {"data": stream_chunk(meta, {"role": "assistant", "content": ""})}
-    async for event in events:
-        if isinstance(event, ChatDelta):
-            if event.text:
-                yield {"data": stream_chunk(meta, {"content": event.text})}
-            continue
-        if event.error is not None:
-            yield {"data": json.dumps({"error": event.error})}
-            return
-        extra: dict[str, Any] = {"guardrail": event.info.model_dump(mode="json")}
-        if event.usage is not None:
-            extra["usage"] = event.usage
-        yield {"data": stream_chunk(meta, {}, event.finish_reason, extra)}
+    try:
+        async for event in events:
+            if isinstance(event, ChatDelta):
+                if event.text:
+                    yield {"data": stream_chunk(meta, {"content": event.text})}
+                continue
+            if event.error is not None:
+                yield {"data": json.dumps({"error": event.error})}
+                return
+            extra: dict[str, Any] = {"guardrail": event.info.model_dump(mode="json")}
+            if event.usage is not None:
+                extra["usage"] = event.usage
+            yield {"data": stream_chunk(meta, {}, event.finish_reason, extra)}
+    except Exception as exc:  # headers are sent: end with an error event, not a broken connection
+        log.exception("chat stream failed")
+        yield {"data": json.dumps({"error": {"message": f"generation failed: {type(exc).__name__}",
+                                             "type": "server_error", "code": "stream_failed"}})}
+        return
     yield {"data": "[DONE]"}
 
 

@@ -36,6 +36,17 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--log-text", action="store_true",
                        help="log prompt and response text (off by default)")
     serve.add_argument("--log-level", default="info")
+    scale = serve.add_argument_group("scale-out (Ray Serve; needs the 'ray' extra)")
+    scale.add_argument("--backend", choices=("uvicorn", "ray"), default="uvicorn",
+                       help="uvicorn: one process; ray: N model replicas behind one endpoint")
+    scale.add_argument("--replicas", type=int, default=1, help="model replicas (ray backend)")
+    scale.add_argument("--min-replicas", type=int, default=None, help="autoscale down to this many")
+    scale.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many")
+    scale.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per model replica")
+    scale.add_argument("--replica-gpus", type=float, default=None,
+                       help="GPUs per model replica (default: 1 with a cuda device, else 0)")
+    scale.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local one)")
     serve.set_defaults(func=cmd_serve)
 
 
@@ -59,6 +70,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         logging.getLogger("guardrail.server").warning(
             "listening on %s without an API key; anyone who can reach it can use it", settings.host)
+    if getattr(args, "backend", "uvicorn") == "ray":
+        from guardrail.server.ray_cli import serve_on_ray  # imports ray; only on this path
+
+        return serve_on_ray(args, settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=args.log_level, access_log=args.log_text)
     return 0

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict
 
 PromptBody = str | list[ChatMessage]
+MIN_TEMPERATURE = 1e-3
+
+
+def _greedy_below_floor(value: float | None) -> float | None:
+    """A temperature this close to 0 is greedy decoding; dividing logits by it would overflow."""
+    if value is not None and 0 < value < MIN_TEMPERATURE:
+        return 0.0
+    return value
+
+
+MIN_TOP_P = 1e-6
+
+
+def _top_p_floor(value: float | None) -> float | None:
+    """A top_p this small keeps only the top token; below float32's range it would keep none."""
+    if value is not None and value < MIN_TOP_P:
+        return MIN_TOP_P
+    return value
 
 
 class _PromptRequest(BaseModel):
@@ -42,6 +60,9 @@ class GenerateRequest(_PromptRequest):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
     config: GuardConfig | None = None
+
+    _temperature = field_validator("temperature")(_greedy_below_floor)
+    _top_p = field_validator("top_p")(_top_p_floor)
 
 
 class SessionCreateRequest(_PromptRequest):
@@ -111,6 +132,9 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     n: int | None = Field(None, ge=1, le=1, description="Only one choice is supported.")
     guardrail: GuardConfig | None = Field(None, description="Per-request guard settings (extension).")
+
+    _temperature = field_validator("temperature")(_greedy_below_floor)
+    _top_p = field_validator("top_p")(_top_p_floor)
 
     def chat_messages(self) -> list[ChatMessage]:
         return [m.to_chat_message() for m in self.messages]

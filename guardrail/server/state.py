@@ -59,7 +59,12 @@ class ServerState:
         return self.batcher, self.sessions
 
     def config_for(self, override: GuardConfig | None) -> GuardConfig:
-        return override if override is not None else self.config
+        """The request's config, or the server's; a [CLS] window wider than the context is no window."""
+        config = override if override is not None else self.config
+        limit = self.model.max_context if self.model is not None else None
+        if config.window is not None and limit is not None and config.window > limit:
+            config = config.model_copy(update={"window": limit})  # same visibility, no overflow
+        return config
 
     def text_for_log(self, text: object) -> str:
         """Prompt and response text appears in logs only when --log-text is given."""

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 CALIBRATION_RULE = (
     "highest recall on the validation split of the training sources with benign "
-    "validation false-positive rate <= 1%, clipped to [0.2, 0.9]"
+    "validation false-positive rate <= 2% (the ordinary-question target), clipped to [0.2, 0.9]"
 )
 
 
@@ -47,7 +47,7 @@ def check_metrics(scores: list[list[float]], labels: list[list[int]], threshold:
     return prompt_metrics(flat_s, flat_l, threshold)
 
 
-def calibrate_threshold(scores: np.ndarray, labels: np.ndarray, max_fpr: float = 0.01) -> float:
+def calibrate_threshold(scores: np.ndarray, labels: np.ndarray, max_fpr: float = 0.02) -> float:
     benign = np.sort(scores[labels == 0])
     if not len(benign):
         return 0.5

@@ -23,7 +23,11 @@ router = APIRouter(tags=["openai"])
 log = logging.getLogger("guardrail.server")
 
 
-@router.post("/v1/chat/completions", responses={**ERRORS, 502: {"description": "Upstream failed"}})
+@router.post("/v1/chat/completions", responses={
+    **ERRORS, 502: {"description": "Upstream failed"},
+    200: {"content": {"application/json": {}, "text/event-stream": {}},
+          "description": "A chat.completion, or with stream=true SSE chunks, then [DONE]"},
+})
 async def chat_completions(
     body: ChatCompletionRequest,
     state: StateDep,

@@ -1,0 +1,252 @@
+"""Streaming soak: many concurrent moderation sessions and proxied chat streams on one sidecar.
+
+    python benchmarks/soak.py [--quick] [--json] [--streams 64] [--seconds 600] [--tiny]
+
+One `guardrail serve --upstream ...` process on loopback (the default model and shipped head
+unless --tiny or --model/--head), and a scripted OpenAI-compatible upstream in this process.
+Half the streams are moderation sessions (the client SDK feeding numbered words chunk by
+chunk), half are chat completions proxied through the sidecar (the upstream streams numbered
+words). Thresholds are set so nothing is flagged: every word sent must come back released,
+once, in order. Each stream repeats until the time is up.
+
+Figures: sent and received (chunks and words), lost, duplicated, out of order, errors by
+kind (a 429 the client retried is not an error), verdict latency p50/p99 per chunk, and the
+server's RSS at start, after warm-up and at the end. Targets: lost = duplicated =
+out_of_order = errors = 0, RSS after warm-up grows <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from guardrail.client import AsyncGuardrailClient, FallbackChunkVerdict
+from guardrail.server.background import BackgroundServer
+from guardrail.types import GuardConfig
+from tests.test_reliability_support import Sidecar, metric, tiny_model_dirs
+
+PASS = {"threshold": 1.0, "tau": 1, "hold_back": 2}
+CHUNKS_PER_SESSION = 24
+WORDS_PER_CHAT = 40
+
+
+def upstream_app(token_ms: float) -> Starlette:
+    """Streams `n` numbered words for a request whose last message is "soak TAG N"."""
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        _, tag, n = body["messages"][-1]["content"].split()
+
+        async def stream() -> AsyncIterator[str]:
+            for i in range(int(n)):
+                await asyncio.sleep(token_ms / 1000)
+                choice = {"index": 0, "delta": {"content": f" {tag}x{i}"}, "finish_reason": None}
+                yield "data: " + json.dumps({"choices": [choice]}) + "\n\n"
+            yield 'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+
+
+@dataclass
+class Stats:
+    sent: int = 0  # chunks fed to sessions + words streamed by the upstream for chat streams
+    received: int = 0  # verdicts for those chunks + words released to the chat client
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    rounds: int = 0
+
+    def compare(self, expected: list[str], got: list[str]) -> None:
+        """Words are unique per round, so loss, repeats and reordering are all visible."""
+        want = set(expected)
+        counts = Counter(got)
+        self.lost += len(want - set(counts))
+        self.duplicated += sum(c - 1 for c in counts.values() if c > 1)
+        self.duplicated += sum(c for w, c in counts.items() if w not in want)  # never sent
+        order = {w: i for i, w in enumerate(expected)}
+        ranks = [order[w] for w in got if w in order]
+        self.out_of_order += sum(1 for a, b in itertools.pairwise(ranks) if b < a)
+
+
+async def session_stream(index: int, url: str, deadline: float, stats: Stats, key: str | None) -> None:
+    client = AsyncGuardrailClient(url, config=GuardConfig(**PASS), api_key=key, retries=8, timeout=60,
+                                  max_backoff_s=2.0)
+    try:
+        while time.monotonic() < deadline:
+            stats.rounds += 1
+            tag = f"s{index}r{stats.rounds}"
+            words = [f"{tag}n{i}" for i in range(CHUNKS_PER_SESSION)]
+            released = ""
+            try:
+                async with await client.session("soak: repeat these words") as session:
+                    for word in words:
+                        started = time.perf_counter()
+                        verdict = await session.feed(" " + word)
+                        stats.sent += 1
+                        if isinstance(verdict, FallbackChunkVerdict):
+                            stats.errors["fallback"] += 1
+                            continue
+                        stats.received += 1
+                        stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+                        released += verdict.released
+                    final = await session.close()
+                    if isinstance(final, FallbackChunkVerdict):
+                        stats.errors["fallback"] += 1
+                    released += final.released
+            except Exception as exc:  # anything the client raised is an error of the sidecar
+                stats.errors[type(exc).__name__] += 1
+                continue
+            stats.compare(words, released.split())
+    finally:
+        await client.close()
+
+
+async def chat_stream(index: int, url: str, deadline: float, stats: Stats, key: str | None) -> None:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+        while time.monotonic() < deadline:
+            stats.rounds += 1
+            tag = f"c{index}r{stats.rounds}"
+            body = {"model": "m", "stream": True, "guardrail": PASS,
+                    "messages": [{"role": "user", "content": f"soak {tag} {WORDS_PER_CHAT}"}]}
+            expected = [f"{tag}x{i}" for i in range(WORDS_PER_CHAT)]
+            text, finished = "", False
+            try:
+                for attempt in range(8):
+                    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                        if response.status_code == 429 and attempt < 7:  # the client's retry, not an error
+                            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                            continue
+                        if response.status_code != 200:
+                            stats.errors[f"http_{response.status_code}"] += 1
+                            break
+                        async for line in response.aiter_lines():
+                            if not line.startswith("data:"):
+                                continue
+                            data = line[5:].strip()
+                            if data == "[DONE]":
+                                finished = True
+                                break
+                            chunk = json.loads(data)
+                            if "error" in chunk:
+                                stats.errors["stream_error_event"] += 1
+                                break
+                            text += chunk["choices"][0]["delta"].get("content") or ""
+                    break
+            except Exception as exc:
+                stats.errors[type(exc).__name__] += 1
+                continue
+            stats.sent += WORDS_PER_CHAT
+            got = text.split()
+            stats.received += len(got)
+            if not finished:
+                stats.errors["stream_ended_early"] += 1
+            stats.compare(expected, got)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(url: str, streams: int, seconds: float, key: str | None, server: Sidecar,
+              warm_s: float) -> tuple[Stats, float]:
+    stats = Stats()
+    deadline = time.monotonic() + seconds
+    kinds = (session_stream, chat_stream)
+    tasks = [asyncio.create_task(kinds[i % 2](i, url, deadline, stats, key)) for i in range(streams)]
+    await asyncio.sleep(min(warm_s, seconds))
+    rss_warm = server.rss_mb()
+    await asyncio.gather(*tasks)
+    return stats, rss_warm
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="16 streams for 60 s")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the figures last")
+    p.add_argument("--streams", type=int, default=None,
+                   help="concurrent streams (default 64, 16 with --quick)")
+    p.add_argument("--seconds", type=float, default=None, help="duration (default 600, 60 with --quick)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds before the warm RSS sample")
+    p.add_argument("--tiny", action="store_true", help="a tiny random model instead of the default one")
+    p.add_argument("--model", default=None)
+    p.add_argument("--head", default=None)
+    p.add_argument("--token-ms", type=float, default=5.0, help="upstream delay per word")
+    p.add_argument("--log", default=None, help="write the server's output here")
+    args = p.parse_args()
+    streams = args.streams or (16 if args.quick else 64)
+    seconds = args.seconds or (60.0 if args.quick else 600.0)
+    warm_s = args.warmup if args.warmup is not None else min(60.0, seconds / 5)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    model = Path(args.model) if args.model else None
+    head = Path(args.head) if args.head else None
+    if args.tiny:
+        model, head = tiny_model_dirs(Path(tempfile.mkdtemp(prefix="guardrail-soak-")))
+    key = "soak-key"
+    with BackgroundServer(upstream_app(args.token_ms)) as upstream:
+        server = Sidecar("--upstream", upstream.url + "/v1", "--max-sessions", str(max(256, streams * 4)),
+                         model=model, head=head, env={"GUARDRAIL_API_KEY": key},
+                         log_path=Path(args.log) if args.log else None)
+        server.start(ready_timeout=600)
+        try:
+            rss_start = server.rss_mb()
+            stats, rss_warm = asyncio.run(run(server.url, streams, seconds, key, server, warm_s))
+            rss_end = server.rss_mb()
+            alive = httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+            held = {name: metric(server.url, f"guardrail_{name}", {"authorization": f"Bearer {key}"})
+                    for name in ("active_sessions", "active_streams")}  # both 0 when nothing leaked
+        finally:
+            server.stop()
+    errors = sum(stats.errors.values())
+    figures: dict[str, Any] = {
+        "streams": streams, "seconds": seconds, "sent": stats.sent, "received": stats.received,
+        "lost": stats.lost, "duplicated": stats.duplicated, "out_of_order": stats.out_of_order,
+        "errors": errors, "p50_ms": round(percentile(stats.latencies_ms, 0.50), 1),
+        "p99_ms": round(percentile(stats.latencies_ms, 0.99), 1), "rss_start_mb": round(rss_start, 1),
+        "rss_warm_mb": round(rss_warm, 1), "rss_end_mb": round(rss_end, 1),
+    }
+    detail = {"errors_by_kind": dict(stats.errors), "rounds": stats.rounds, "alive": alive,
+              "rss_growth_after_warmup": round(rss_end / rss_warm - 1, 3) if rss_warm else None,
+              "mean_ms": round(statistics.fmean(stats.latencies_ms), 1) if stats.latencies_ms else None,
+              "model": "tiny" if args.tiny else (args.model or "default"), "held_at_end": held}
+    for k, v in detail.items():
+        print(f"{k}: {v}")
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for k, v in figures.items():
+            print(f"{k}: {v}")
+    ok = stats.lost == stats.duplicated == stats.out_of_order == errors == 0
+    return 0 if ok and alive else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
