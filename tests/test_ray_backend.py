@@ -175,13 +175,19 @@ def test_replica_loss_recovers_by_replay(ray_server: SimpleNamespace) -> None:
     pieces = [words[0]] + [" " + w for w in words[1:]]
     cut = len(SAFE_PART.split(" ")) // 2  # kill halfway through the safe part
     with GuardrailClient(ray_server.url, timeout=120, retries=5) as client:
-        sessions = [client.session(f"story {i}", config=GuardConfig(**api.STRICT)) for i in range(8)]
+        # Earlier tests may have left sessions on one replica, so placement is uneven: open
+        # sessions until both replicas hold some (new sessions go to the emptier replica).
+        sessions = []
+        for i in range(40):
+            sessions.append(client.session(f"story {i}", config=GuardConfig(**api.STRICT)))
+            owners = [s.id.split(".")[0].removeprefix("sess_") for s in sessions]  # type: ignore[union-attr]
+            if len(sessions) >= 4 and len(set(owners)) == 2:
+                break
+        assert len(set(owners)) == 2, "sessions should be spread over both replicas"
         shown = ["" for _ in sessions]
         for k, s in enumerate(sessions):
             for piece in pieces[:cut]:
                 shown[k] += s.feed(piece).released
-        owners = [s.id.split(".")[0].removeprefix("sess_") for s in sessions]  # type: ignore[union-attr]
-        assert len(set(owners)) == 2, "sessions should be spread over both replicas"
         victim = owners[0]
         _kill_replica(ray, ray_server.app_name, victim)
         results = []

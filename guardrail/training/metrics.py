@@ -110,13 +110,13 @@ def plots(output: Path, held: Scored, val: Scored, model: SafetyModel, report: d
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    shown = 0
+    shown = {0: 0, 1: 0}
     for scores_row, labels_row in zip(val.check_scores, val.check_labels, strict=True):
-        if len(scores_row) < 6 or shown >= 8:
+        kind = int(max(labels_row[1:], default=0))
+        if len(scores_row) < 6 or shown[kind] >= 4:
             continue
-        colour = "tab:red" if max(labels_row[1:]) == 1 else "tab:green"
-        ax.plot(range(len(scores_row)), scores_row, color=colour, alpha=0.7)
-        shown += 1
+        ax.plot(range(len(scores_row)), scores_row, color="tab:red" if kind else "tab:green", alpha=0.7)
+        shown[kind] += 1
     ax.axhline(report["threshold"], color="k", ls="--", lw=0.8, label="threshold")
     ax.set_xlabel("check (every 4 response tokens; 0 = prompt check)")
     ax.set_ylabel("unsafe score")
