@@ -1,6 +1,7 @@
 """LangChain integration for guardrail.
 
 `GuardrailRunnable` guards any chain, `GuardrailChatModel` wraps any chat model,
+`ChatGuardrail` is the guard's own guarded generation as a chat model,
 `GuardrailCallbackHandler` records verdicts, and `GuardrailMiddleware` (with the `langchain`
 package installed: `pip install "langchain-guardrail[agents]"`) gates an agent's model calls.
 """
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.errors import GuardrailViolation
 from langchain_guardrail.callbacks import GuardrailCallbackHandler, VerdictRecord
+from langchain_guardrail.chat_guardrail import ChatGuardrail
 from langchain_guardrail.chat_models import GuardrailChatModel
 from langchain_guardrail.runnables import PROMPT_METADATA_KEY, GuardrailRunnable
 
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PROMPT_METADATA_KEY",
+    "ChatGuardrail",
     "GuardrailCallbackHandler",
     "GuardrailChatModel",
     "GuardrailMiddleware",

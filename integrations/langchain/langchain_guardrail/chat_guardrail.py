@@ -1,0 +1,215 @@
+"""`ChatGuardrail`: the guard's own guarded generation as a LangChain chat model.
+
+Where `GuardrailChatModel` moderates another model's stream, `ChatGuardrail` *is* the model:
+each call runs the safety-augmented model's guarded decoding (`Guard.generate`, embedded or on
+a `guardrail serve` sidecar), so every token it emits has already been covered by a safe check.
+The last chunk carries the outcome in `response_metadata["guardrail"]` (and `generation_info`):
+on an interception the cut's token index, score and action, never any text.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+from guardrail.streaming import resolve_guard
+from guardrail.types import DoneEvent, GuardConfig, InterceptEvent, ScoreEvent, TokenEvent
+from langchain_guardrail._convert import METADATA_KEY, messages_to_prompt
+
+
+class ChatGuardrail(BaseChatModel):
+    """The hosted safety-augmented model as a chat model: `prompt | ChatGuardrail() | parser`.
+
+    `guard` is a `Guard` (`Guard()` in process, `Guard(backend="http://127.0.0.1:8000")` for a
+    sidecar) or a `GuardrailClient` / `AsyncGuardrailClient`; without one, the shared embedded
+    guard is created on first use. `config` sets threshold / tau / action for this model's
+    generations (default: the guard's). `invoke(..., max_new_tokens=..., temperature=...,
+    top_p=..., seed=..., config=...)` overrides per call. Stop sequences are applied here, on the
+    released text.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    guard: Any = Field(default=None, exclude=True)
+    """A `Guard` or sidecar client; default: the shared embedded guard, created lazily."""
+    max_new_tokens: int = Field(default=128, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    """0 decodes greedily."""
+    config: GuardConfig | None = None
+    """Guarded-decoding settings for this model; default: the guard's own."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "guardrail"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "config": self.config.model_dump() if self.config is not None else None}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _request(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        prompt = messages_to_prompt(messages)
+        if prompt is None:
+            raise ValueError("ChatGuardrail needs at least one message")
+        params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                  "config": self.config, **kwargs}
+        return prompt, params
+
+    def _effective_config(self, guard: Any, params: dict[str, Any]) -> GuardConfig | None:
+        config = params.get("config") or getattr(guard, "config", None)
+        return config if isinstance(config, GuardConfig) else None
+
+    # -- sync ------------------------------------------------------------------------------------
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        guard = resolve_guard(self.guard)
+        prompt, params = self._request(messages, kwargs)
+        state = _Outcome(self._effective_config(guard, params), stop, params["max_new_tokens"])
+        events = guard.generate(prompt, **params)
+        try:
+            for event in events:
+                text = state.push(event)
+                if text:
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if state.stopped:
+                    break
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+        yield state.final_chunk()
+
+    # -- async -------------------------------------------------------------------------------------
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager,
+                                                         **kwargs))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        if self.guard is None or not inspect.isasyncgenfunction(getattr(self.guard, "generate", None)):
+            # A sync guard (embedded, or the sync sidecar client): run it in a worker thread.
+            async for chunk in super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
+                yield chunk
+            return
+        prompt, params = self._request(messages, kwargs)
+        state = _Outcome(self._effective_config(self.guard, params), stop, params["max_new_tokens"])
+        events = self.guard.generate(prompt, **params)
+        try:
+            async for event in events:
+                text = state.push(event)
+                if text:
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if state.stopped:
+                    break
+        finally:
+            await events.aclose()
+        yield state.final_chunk()
+
+
+class _Outcome:
+    """Turn generation events into released text and the closing chunk's metadata."""
+
+    def __init__(self, config: GuardConfig | None, stop: list[str] | None, limit: int) -> None:
+        self.config = config
+        self.limit = limit
+        self.stops = [s for s in stop or [] if s]
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+        self.intercept: InterceptEvent | None = None
+        self.done: DoneEvent | None = None
+        self.last_score: float | None = None
+        self.checks = 0
+
+    def push(self, event: Any) -> str:
+        if isinstance(event, TokenEvent):
+            return self._release(event.text)
+        if isinstance(event, ScoreEvent):
+            self.last_score = event.score
+            self.checks += 1
+        elif isinstance(event, InterceptEvent):
+            self.intercept = event
+        elif isinstance(event, DoneEvent):
+            self.done = event
+        return ""
+
+    def _release(self, text: str) -> str:
+        """Text up to a stop sequence; the last few characters wait in case one spans chunks."""
+        if not self.stops or self.stopped:
+            return "" if self.stopped else text
+        self.pending += text
+        cuts = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
+        if cuts:
+            out, self.pending, self.stopped = self.pending[: min(cuts)], "", True
+            return out
+        n = len(self.pending) - self.keep
+        if n <= 0:
+            return ""
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        threshold = self.config.threshold if self.config is not None else None
+        if self.intercept is not None:
+            return {"intercepted": True, "stage": "input" if self.intercept.stage == "prompt" else "stream",
+                    "label": "unsafe", "index": self.intercept.index, "score": self.intercept.score,
+                    "action": self.intercept.action, "threshold": threshold, "checks": self.checks}
+        return {"intercepted": False, "stage": "stream", "label": "safe", "score": self.last_score,
+                "threshold": threshold, "checks": self.checks}
+
+    def final_chunk(self) -> ChatGenerationChunk:
+        tail = self.pending
+        self.pending = ""
+        if self.intercept is not None:
+            finish = "content_filter"
+        elif self.stopped or self.done is None:
+            finish = "stop"
+        else:
+            finish = "length" if self.done.usage.completion_tokens >= self.limit else "stop"
+        info = {METADATA_KEY: self.metadata(), "finish_reason": finish}
+        usage: UsageMetadata | None = None
+        if self.done is not None:
+            u = self.done.usage
+            usage = UsageMetadata(input_tokens=u.prompt_tokens, output_tokens=u.completion_tokens,
+                                  total_tokens=u.prompt_tokens + u.completion_tokens)
+        message = AIMessageChunk(content=tail, response_metadata=dict(info), usage_metadata=usage,
+                                 chunk_position="last")
+        return ChatGenerationChunk(message=message, generation_info=dict(info))
+
+
+__all__ = ["ChatGuardrail"]
