@@ -58,7 +58,7 @@ INTHEWILD_TEMPLATES = 320
 class Recipe:
     seed: int = 0
     n_traj_harmful: int = 200
-    n_traj_benign: int = 160
+    n_traj_benign: int = 480
     wraps_per_template: int = 1
     gcg_per_suffix: int = 16
     max_new_tokens: int = 32
