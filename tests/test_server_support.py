@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -21,17 +18,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.head import HeadConfig, SafetyHead
+from guardrail.server.background import BackgroundServer, free_port  # noqa: F401  (re-exported for tests)
 
 UNSAFE_WORD = " bomb"
 SCRIPT = ("Sure, I can help with that. Here is a short story about a dog and a red ball in the park."
           " Then the bomb goes off with a loud bang and the secret recipe follows in detail.")
 SAFE_PART = SCRIPT[: SCRIPT.index(" Then the bomb")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class KeywordSafetyModel(SafetyModel):
@@ -87,28 +79,11 @@ def make_model(tokenizer: Any, *, keyword: bool = True, seed: int = 0) -> Safety
     return model
 
 
-class ServerThread:
+class ServerThread(BackgroundServer):
     """A real uvicorn server on a free loopback port, run in a background thread."""
 
     def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+        super().__init__(app, start_timeout=30)
 
 
 def fake_upstream(script: str = SCRIPT, delay_s: float = 0.005) -> tuple[Starlette, list[dict[str, Any]]]:

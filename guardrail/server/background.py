@@ -19,7 +19,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class BackgroundServer:
     """`with BackgroundServer(app) as srv: httpx.get(srv.url + "/healthz")`."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int | None = None, start_timeout: float = 60
+    ) -> None:
+        self.start_timeout = start_timeout
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning"))
@@ -27,7 +30,7 @@ class BackgroundServer:
 
     def __enter__(self) -> BackgroundServer:
         self.thread.start()
-        deadline = time.time() + 60
+        deadline = time.time() + self.start_timeout
         while not self.server.started:
             if time.time() > deadline or not self.thread.is_alive():
                 raise RuntimeError("server did not start")
