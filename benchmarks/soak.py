@@ -11,7 +11,8 @@ once, in order. Each stream repeats until the time is up.
 
 Figures: sent and received (chunks and words), lost, duplicated, out of order, errors by
 kind (a 429 the client retried is not an error), verdict latency p50/p99 per chunk, and the
-server's RSS at start, after warm-up and at the end. Targets: lost = duplicated =
+server's RSS at start, after warm-up (every stream has finished one round, so caches have
+reached full size once; at least 60 s) and at the end. Targets: lost = duplicated =
 out_of_order = errors = 0, RSS after warm-up grows <= 10%.
 """
 
@@ -80,6 +81,7 @@ class Stats:
     errors: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     rounds: int = 0
+    warmed: set[str] = field(default_factory=set)  # streams that completed a first round
 
     def compare(self, expected: list[str], got: list[str]) -> None:
         """Words are unique per round, so loss, repeats and reordering are all visible."""
@@ -122,6 +124,7 @@ async def session_stream(index: int, url: str, deadline: float, stats: Stats, ke
                 stats.errors[type(exc).__name__] += 1
                 continue
             stats.compare(words, released.split())
+            stats.warmed.add(f"s{index}")
     finally:
         await client.close()
 
@@ -167,6 +170,7 @@ async def chat_stream(index: int, url: str, deadline: float, stats: Stats, key: 
             if not finished:
                 stats.errors["stream_ended_early"] += 1
             stats.compare(expected, got)
+            stats.warmed.add(f"c{index}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -177,15 +181,29 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(url: str, streams: int, seconds: float, key: str | None, server: Sidecar,
-              warm_s: float) -> tuple[Stats, float]:
+              warm_s: float) -> tuple[Stats, float, float, list[tuple[int, float]]]:
+    """Run the streams; the warm RSS sample is taken once every stream has finished a first
+    round (its caches have reached full size once) and at least `warm_s` have passed."""
     stats = Stats()
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     kinds = (session_stream, chat_stream)
     tasks = [asyncio.create_task(kinds[i % 2](i, url, deadline, stats, key)) for i in range(streams)]
+    series: list[tuple[int, float]] = []
+
+    async def sample() -> None:
+        while True:
+            series.append((round(time.monotonic() - started), round(server.rss_mb(), 1)))
+            await asyncio.sleep(30)
+
+    sampler = asyncio.create_task(sample())
     await asyncio.sleep(min(warm_s, seconds))
-    rss_warm = server.rss_mb()
+    while len(stats.warmed) < streams and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    rss_warm, warm_at = server.rss_mb(), time.monotonic() - started
     await asyncio.gather(*tasks)
-    return stats, rss_warm
+    sampler.cancel()
+    return stats, rss_warm, warm_at, series
 
 
 def main() -> int:
@@ -195,7 +213,8 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=None,
                    help="concurrent streams (default 64, 16 with --quick)")
     p.add_argument("--seconds", type=float, default=None, help="duration (default 600, 60 with --quick)")
-    p.add_argument("--warmup", type=float, default=None, help="seconds before the warm RSS sample")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="least seconds before the warm RSS sample (it waits for every stream's first round)")
     p.add_argument("--tiny", action="store_true", help="a tiny random model instead of the default one")
     p.add_argument("--model", default=None)
     p.add_argument("--head", default=None)
@@ -218,7 +237,8 @@ def main() -> int:
         server.start(ready_timeout=600)
         try:
             rss_start = server.rss_mb()
-            stats, rss_warm = asyncio.run(run(server.url, streams, seconds, key, server, warm_s))
+            outcome = asyncio.run(run(server.url, streams, seconds, key, server, warm_s))
+            stats, rss_warm, warm_at, series = outcome
             rss_end = server.rss_mb()
             alive = httpx.get(server.url + "/healthz", timeout=10).status_code == 200
             held = {name: metric(server.url, f"guardrail_{name}", {"authorization": f"Bearer {key}"})
@@ -235,6 +255,7 @@ def main() -> int:
     }
     detail = {"errors_by_kind": dict(stats.errors), "rounds": stats.rounds, "alive": alive,
               "rss_growth_after_warmup": round(rss_end / rss_warm - 1, 3) if rss_warm else None,
+              "warm_sample_at_s": round(warm_at, 1), "rss_every_30s": series,
               "mean_ms": round(statistics.fmean(stats.latencies_ms), 1) if stats.latencies_ms else None,
               "model": "tiny" if args.tiny else (args.model or "default"), "held_at_end": held}
     for k, v in detail.items():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +13,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from guardrail.model.engine import SafetyModel
 from guardrail.model.head import HeadConfig, SafetyHead
 from guardrail.model.loading import default_model_dir
+from tests.backends import BACKENDS, RayBackend, SidecarBackend, UvicornBackend
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +51,33 @@ def guard() -> Iterator[object]:
     from guardrail.guard import Guard
 
     yield Guard()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[SimpleNamespace]:
+    """A local Ray instance (2 CPUs) with Serve listening on a loopback port, for the session."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        pytest.skip("Ray Serve is not installed (pip install 'guardrail[ray]'); Ray backend tests skipped")
+    from guardrail.server.background import free_port
+
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
+             configure_logging=False, log_to_driver=False)
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield SimpleNamespace(ray=ray, url=f"http://127.0.0.1:{port}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tokenizer: object) -> SidecarBackend:
+    """Each serving backend in turn (module scope: one server per backend per module)."""
+    if request.param == "ray":
+        return RayBackend(request.getfixturevalue("ray_cluster"))
+    return UvicornBackend(tokenizer)

@@ -116,3 +116,41 @@ def test_step_many_matches_individual_steps(tiny: SafetyModel) -> None:
             torch.testing.assert_close(out.logits, exp.logits, rtol=1e-4, atol=1e-4)
         assert batched.get_seq_length() == solo.get_seq_length()
         torch.testing.assert_close(batched.layers[0].keys, solo.layers[0].keys, rtol=1e-5, atol=1e-5)
+
+
+def test_failed_batched_pass_leaves_caches_unchanged(tiny: SafetyModel) -> None:
+    """The batcher retries a failed pass stream by stream, so a pass that raises half way must
+    not have grown any stream's cache."""
+    from guardrail.model.engine import StepRequest
+
+    caches = []
+    for prompt in ("one prompt", "another, longer prompt"):
+        cache = tiny.new_cache()
+        tiny.step(cache, encode_prompt(tiny.tokenizer, prompt), want_logits=False)
+        caches.append(cache)
+    fresh = tiny.new_cache()  # a stream whose first step is this pass
+    before = [c.get_seq_length() for c in caches]
+    keys_before = [c.layers[0].keys.clone() for c in caches]
+    last_layer = tiny.decoder.layers[-1]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("layer failed")
+
+    last_layer.forward = broken  # type: ignore[method-assign]
+    requests = [StepRequest(c, [5, 6, 7], ClsQuery(seen=n + 3, prompt_len=n))
+                for c, n in zip(caches, before, strict=True)]
+    requests.append(StepRequest(fresh, [8, 9], None))
+    try:
+        tiny.step_many(requests)
+    except RuntimeError as exc:
+        assert "layer failed" in str(exc)
+    else:
+        raise AssertionError("the pass should have failed")
+    finally:
+        del last_layer.forward
+    assert [c.get_seq_length() for c in caches] == before and fresh.get_seq_length() == 0
+    for cache, keys in zip(caches, keys_before, strict=True):
+        assert all(layer.keys.shape[-2] == keys.shape[-2] for layer in cache.layers)
+        torch.testing.assert_close(cache.layers[0].keys, keys)
+    out = tiny.step_many(requests)  # and the same pass then succeeds as if nothing happened
+    assert [c.get_seq_length() for c in caches] == [n + 3 for n in before] and out[0].score is not None

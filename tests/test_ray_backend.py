@@ -1,8 +1,8 @@
-"""The sidecar on Ray Serve: two model replicas on a local Ray instance started here.
+"""The sidecar on Ray Serve: two model replicas on the test session's local Ray instance.
 
-The HTTP behaviour is checked by running tests of `test_server_api` unchanged against the
-Ray endpoint; then affinity (32 sessions over 2 replicas), load balancing of stateless
-requests, and replica loss with replay in the client.
+The HTTP behaviour is covered by `test_server_api`, which runs on this backend too; here:
+affinity (32 sessions over 2 replicas), load balancing of stateless requests, replica loss
+with replay in the client, the route prefix, and the Serve config file.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,20 +20,11 @@ import httpx
 import pytest
 
 from tests import test_server_api as api
-from tests.test_server_support import SAFE_PART, SCRIPT, free_port
+from tests.backends import RayBackend
+from tests.test_server_support import SAFE_PART, SCRIPT
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLICA = "x-guardrail-replica"
-
-
-def tiny_model() -> Any:
-    """The keyword model of the server tests, built inside each replica."""
-    from transformers import AutoTokenizer
-
-    from guardrail.model.loading import default_model_dir
-    from tests.test_server_support import make_model
-
-    return make_model(AutoTokenizer.from_pretrained(str(default_model_dir())))
 
 
 def test_server_app_does_not_import_ray() -> None:
@@ -43,75 +34,11 @@ def test_server_app_does_not_import_ray() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_server() -> Iterator[SimpleNamespace]:
-    try:
-        import ray
-        from ray import serve
-    except ImportError:
-        pytest.skip("Ray Serve is not installed (pip install 'guardrail[ray]'); Ray backend tests skipped")
+def ray_server(ray_cluster: SimpleNamespace) -> Iterator[SimpleNamespace]:
     from guardrail.server import Settings
-    from guardrail.server.ray_app import build_app
 
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
-             configure_logging=False, log_to_driver=False)
-    port = free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build_app(Settings(max_body_bytes=4096), replicas=2, replica_cpus=0.5, ingress_cpus=0.25,
-                        model_factory="tests.test_ray_backend:tiny_model")
-        serve.run(app, name="guardrail-test", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:  # both replicas load lazily
-            assert time.time() < deadline, "ray backend did not become ready"
-            time.sleep(0.5)
-        yield SimpleNamespace(url=url, ray=ray, app_name="guardrail-test")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-@pytest.fixture()
-def http(ray_server: SimpleNamespace) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ray_server.url, timeout=60) as client:
-        yield client
-
-
-# The sidecar's HTTP tests, unchanged, against the Ray backend. Left out: tests that build
-# their own uvicorn server from app settings (API key, TTL, queue bound: per-replica
-# behaviour, covered by the uvicorn runs), and the batching metric, which reads one
-# replica's /metrics while the batch may have been split over two.
-SHARED: list[Callable[..., None]] = [
-    api.test_health_ready_and_openapi,
-    api.test_check_prompt_messages_and_response,
-    api.test_oversized_body_is_413,
-    api.test_unknown_route_is_json_404,
-    api.test_session_releases_only_checked_text_and_intercepts,
-    api.test_session_close_releases_safe_tail_then_rejects_chunks,
-    api.test_session_delete_unknown_and_concurrent_deletes,
-    api.test_generate_streams_events_and_done_last,
-    api.test_generate_prefill_attack_is_intercepted,
-    api.test_generate_limits,
-    api.test_client_disconnect_mid_stream_keeps_serving,
-    api.test_chat_completions_local,
-    api.test_metrics_are_prometheus_text,
-]
-
-
-@pytest.mark.parametrize("case", SHARED, ids=[f.__name__.removeprefix("test_") for f in SHARED])
-def test_http_suite_on_ray(case: Callable[..., None], http: httpx.Client,
-                           ray_server: SimpleNamespace) -> None:
-    if "server" in case.__code__.co_varnames[: case.__code__.co_argcount]:
-        case(http, ray_server)
-    else:
-        case(http)
-    assert http.get("/healthz").headers[REPLICA]
-
-
-def test_bad_input_on_ray(http: httpx.Client) -> None:
-    for content, status, needle in [(b"{not json", 400, "malformed JSON"), (b'{"prompt": 3}', 422, "prompt")]:
-        api.test_bad_input_is_a_clear_4xx(http, content, status, needle)
+    with RayBackend(ray_cluster).serve(Settings(max_body_bytes=4096)) as running:
+        yield running
 
 
 def test_32_sessions_stick_to_their_replica(ray_server: SimpleNamespace) -> None:
@@ -216,8 +143,101 @@ def test_replica_loss_recovers_by_replay(ray_server: SimpleNamespace) -> None:
 
 def _kill_replica(ray: Any, app_name: str, unique_id: str) -> None:
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].endswith(f"#GuardrailReplica#{unique_id}") and app_name in a["name"]]
+             if a["name"].endswith(f"{app_name}#GuardrailReplica#{unique_id}")]
     assert names, f"replica {unique_id} not found"
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
     time.sleep(0.2)
 
+
+
+def test_mounted_under_a_route_prefix_with_its_chat_page(ray_server: SimpleNamespace) -> None:
+    """Each test application is served below its own prefix; the page's links stay inside it."""
+    prefix = "/" + ray_server.url.rsplit("/", 1)[-1]
+    with httpx.Client(base_url=ray_server.url, timeout=60) as c:
+        page = c.get("/")
+        assert page.status_code == 200 and 'src="static/app.js"' in page.text
+        script = c.get("/static/app.js")
+        assert script.status_code == 200 and 'fetch("v1/generate"' in script.text
+        outside = httpx.get(ray_server.url.removesuffix(prefix) + "/v1/check", timeout=30)
+        assert outside.status_code == 404  # nothing is served outside the prefix
+
+
+def test_serve_config_file_validates_and_deploys(ray_cluster: SimpleNamespace) -> None:
+    """deploy/serve-config.yaml passes Serve's own schema, and its application, built from
+    its import path and args as `serve deploy` does, serves (CPU and a test model here)."""
+    import importlib
+
+    import yaml
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((ROOT / "deploy" / "serve-config.yaml").read_text())
+    config = ServeDeploySchema.parse_obj(raw)
+    (app,) = config.applications
+    assert {d.name for d in app.deployments} <= {"GuardrailIngress", "GuardrailReplica"}
+    module, _, attr = app.import_path.partition(":")
+    builder = getattr(importlib.import_module(module), attr)
+    args = {**app.args, "device": "cpu", "dtype": None, "replica_gpus": 0, "replica_cpus": 0.25,
+            "ingress_cpus": 0.1, "ingress_replicas": 1, "model_factory": "tests.backends:keyword_model"}
+    serve.run(builder(args), name="guardrail-config", route_prefix="/guardrail-config")
+    try:
+        url = f"{ray_cluster.url}/guardrail-config"
+        seen = set()
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for i in range(12):
+                r = c.post("/v1/check", json={"prompt": f"hello {i}"})
+                assert r.status_code == 200
+                seen.add(r.headers[REPLICA])
+        assert len(seen) == app.args["replicas"]
+    finally:
+        serve.delete("guardrail-config")
+
+
+def test_autoscaling_up_under_load_and_down_with_session_replay(ray_cluster: SimpleNamespace) -> None:
+    """One replica grows to two under load and shrinks back when it ends; a session whose
+    replica is scaled away is replayed by the client, with no error shown to the app."""
+    from ray import serve
+
+    from guardrail.client import GuardrailClient
+    from guardrail.server import Settings
+    from guardrail.types import GuardConfig
+
+    fast = {"upscale_delay_s": 0.5, "downscale_delay_s": 2.0, "metrics_interval_s": 0.5,
+            "look_back_period_s": 1.0}
+    backend = RayBackend(ray_cluster)
+    with backend.serve(Settings(), delay_s=0.4, replicas=1, min_replicas=1, max_replicas=2,
+                       target_ongoing_requests=1, autoscaling=fast) as running, \
+            GuardrailClient(running.url, timeout=120, retries=5) as client:
+        session = client.session("a story", config=GuardConfig(**api.STRICT))
+        shown = session.feed("Once upon a time").released
+        replicas: set[str] = set()
+        stop = time.time() + 60
+
+        def load() -> None:
+            with httpx.Client(base_url=running.url, timeout=60) as c:
+                while len(replicas) < 2 and time.time() < stop:
+                    r = c.post("/v1/check", json={"prompt": "busy"})
+                    replicas.add(r.headers[REPLICA])
+
+        threads = [threading.Thread(target=load) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(replicas) == 2, "a second replica should start under load"
+        deadline = time.time() + 90
+        while _running_replicas(serve, running.app_name) > 1:
+            assert time.time() < deadline, "the idle application should scale back to one replica"
+            time.sleep(1)
+        for piece in (" there was", " a dog", " in the park."):
+            verdict = session.feed(piece)
+            shown += verdict.released
+        shown += session.close().released
+        assert session.degraded is None and client.fallbacks == 0
+        assert shown == "Once upon a time there was a dog in the park."
+        assert session.replays in (0, 1)  # 1 when its replica was the one scaled away
+
+
+def _running_replicas(serve: Any, app_name: str) -> int:
+    status = serve.status().applications[app_name].deployments["GuardrailReplica"]
+    return int(status.replica_states.get("RUNNING", 0))

@@ -112,7 +112,7 @@ def test_limits_answer_413_or_422_naming_the_limit(keyed: tuple[ServerThread, An
         wrong = c.post("/v1/check", json={"prompt": "hi", "config": {"threshold": 7}})
         assert wrong.status_code == 422 and "threshold" in wrong.json()["error"]["message"]
         many = c.post("/v1/generate", json={"prompt": "hi", "max_new_tokens": 10**6})
-        assert many.status_code in (400, 413, 422) and "1024" in many.json()["error"]["message"]
+        assert many.status_code == 422 and "1024" in many.json()["error"]["message"]
 
 
 def test_binds_loopback_by_default() -> None:
@@ -144,7 +144,7 @@ def test_chat_page_works_with_a_key(keyed: tuple[ServerThread, Any]) -> None:
     with httpx.Client(base_url=srv.url) as c:
         page = c.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        scripts = re.findall(r'src="(/static/[^"]+\.js)"', page.text)
+        scripts = ["/" + s for s in re.findall(r'src="/?(static/[^"]+\.js)"', page.text)]
         assert scripts and all(c.get(s).status_code == 200 for s in scripts)
         assert any("Authorization" in c.get(s).text for s in scripts)  # the page sends the key
         assert c.post("/v1/check", json={"prompt": "hi"}, headers=AUTH).status_code == 200

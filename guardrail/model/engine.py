@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from guardrail.model.head import SafetyHead
+from guardrail.model.kvcache import BatchScratch, StreamBatchLayer, new_stream_cache, truncate
 from guardrail.model.masks import ClsQuery, cls_visibility, strategic_mask, strategic_positions
 
 
@@ -71,7 +73,8 @@ class SafetyModel(nn.Module):
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._active_cls = 0
-        self._lock = threading.RLock()  # adapter hooks read per-pass state
+        self._lock = threading.RLock()  # adapter hooks read per-pass state; the scratch is shared
+        self._scratch = BatchScratch()
         layers = getattr(self.decoder, "layers", None)
         if layers is None or len(layers) != len(self.head.adapters):
             raise ValueError(
@@ -114,7 +117,7 @@ class SafetyModel(nn.Module):
             self._active_cls = 0
 
     def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.lm.config)
+        return new_stream_cache(self.lm.config)
 
     def forward_pass(
         self,
@@ -277,27 +280,23 @@ class SafetyModel(nn.Module):
                 allowed[b, n_new, big_past + n_new] = True
         mask = torch.zeros(batch, 1, n_new + n_cls, keys, dtype=embeds.dtype, device=device)
         mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(embeds.dtype).min)
-        merged = self._merge_caches([r.cache for r in requests], pasts, big_past)
-        with self._lock, self._cls_rows(n_cls):
-            out = self.decoder(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **{self._cache_kw: merged},
-            )
+        streams = [r.cache for r in requests]
+        batch_view = Cache(layers=[StreamBatchLayer(streams, layer_idx, pasts, news, big_past, self._scratch)
+                                   for layer_idx in range(len(self.decoder.layers))])
+        try:
+            with self._lock, self._cls_rows(n_cls):
+                out = self.decoder(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{self._cache_kw: batch_view},
+                )
+        except BaseException:
+            for r, past in zip(requests, pasts, strict=True):  # a failed pass leaves no trace
+                truncate(r.cache, past)
+            raise
         hidden = out.last_hidden_state
-        for layer_idx in range(len(merged.layers)):
-            keys_all, values_all = _layer_kv(merged, layer_idx)
-            new_k = keys_all[:, :, big_past : big_past + n_new]
-            new_v = values_all[:, :, big_past : big_past + n_new]
-            for b, r in enumerate(requests):
-                if news[b]:
-                    r.cache.update(
-                        new_k[b : b + 1, :, : news[b]].clone(),
-                        new_v[b : b + 1, :, : news[b]].clone(),
-                        layer_idx,
-                    )
         outputs = []
         for b, r in enumerate(requests):
             logits = None
@@ -308,28 +307,3 @@ class SafetyModel(nn.Module):
                 score = float(self.head.unsafe_probability(hidden[b, n_new]))
             outputs.append(StepOutput(logits, score))
         return outputs
-
-    def _merge_caches(self, caches: list[DynamicCache], pasts: list[int], big_past: int) -> DynamicCache:
-        merged = self.new_cache()
-        n_layers = len(self.decoder.layers)
-        template = next((c for c, p in zip(caches, pasts, strict=True) if p), None)
-        for layer_idx in range(n_layers):
-            if template is None:
-                break
-            ref = _layer_kv(template, layer_idx)[0]
-            shape = (len(caches), ref.shape[1], big_past, ref.shape[3])
-            keys = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
-            values = torch.zeros_like(keys)
-            for b, (cache, past) in enumerate(zip(caches, pasts, strict=True)):
-                if past:
-                    layer_keys, layer_values = _layer_kv(cache, layer_idx)
-                    keys[b, :, big_past - past :] = layer_keys[0]
-                    values[b, :, big_past - past :] = layer_values[0]
-            merged.update(keys, values, layer_idx)
-        return merged
-
-
-def _layer_kv(cache: DynamicCache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values [B, heads, T, dim] of one layer of a dynamic cache."""
-    layer: Any = cache.layers[layer_idx]
-    return layer.keys, layer.values

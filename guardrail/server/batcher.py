@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
+from guardrail.server.memory import HeapTrimmer
 from guardrail.server.metrics import Metrics
 
 log = logging.getLogger("guardrail.server")
@@ -89,7 +90,8 @@ class Batcher:
     """Owns the model worker thread; the only path from the event loop to the model."""
 
     def __init__(self, model: SafetyModel, *, max_batch: int = 16, max_wait_ms: float = 2.0,
-                 max_queue: int = 256, metrics: Metrics | None = None) -> None:
+                 max_queue: int = 256, metrics: Metrics | None = None,
+                 heap_trim_interval_s: float = 2.0) -> None:
         self.model = model
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
@@ -104,6 +106,7 @@ class Batcher:
         self.passes = 0
         self.steps = 0
         self.metrics.queue_depth._read = self._queue.qsize
+        self.trimmer = HeapTrimmer(heap_trim_interval_s)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,8 +159,13 @@ class Batcher:
 
     # -- worker side --------------------------------------------------------------------------
     def _run(self) -> None:
+        idle_wait = self.trimmer.interval_s if self.trimmer.available else None
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=idle_wait)
+            except queue.Empty:  # idle: what finished sessions freed goes back too
+                self.trimmer.maybe_trim()
+                continue
             if first is None:
                 return
             jobs = [first]
@@ -173,6 +181,7 @@ class Batcher:
                     break
                 jobs.append(job)
             self._execute(jobs)
+            self.trimmer.maybe_trim()  # between passes; it trims every thread's arena
             if self._stopping and self._queue.empty():
                 self._fail_pending()
                 return

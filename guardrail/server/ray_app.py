@@ -129,32 +129,6 @@ class ReplicaMiddleware:
         await self.app(scope, receive, named)
 
 
-def _tag_session_ids(state: ServerState, replica: str) -> None:
-    """Make the store mint ids that name this replica, so the router can find it again.
-
-    Wraps `ServerState.attach` (the store is built when the model is attached) rather than
-    changing the store, so the uvicorn server keeps its plain ids.
-    """
-    attach = state.attach
-
-    def attach_tagged(model: SafetyModel) -> None:
-        attach(model)
-        store = state.sessions
-        assert store is not None
-        add = store.add
-
-        def add_tagged(session: Any) -> Any:
-            entry = add(session)
-            tagged = f"sess_{replica}.{entry.id.removeprefix('sess_')}"
-            store._entries[tagged] = store._entries.pop(entry.id)
-            entry.id = tagged
-            return entry
-
-        setattr(store, "add", add_tagged)  # noqa: B010 - instance attribute on purpose
-
-    setattr(state, "attach", attach_tagged)  # noqa: B010
-
-
 def load_factory(spec: str | ModelFactory | None) -> ModelFactory | None:
     """A model factory from a callable or an import path `module:function` (for config files)."""
     if spec is None or callable(spec):
@@ -178,7 +152,7 @@ class GuardrailReplica:
         model = await asyncio.to_thread(factory) if factory is not None else None
         app = create_app(Settings.from_env(**settings), model)
         self.state: ServerState = app.state.guardrail
-        _tag_session_ids(self.state, self.replica)
+        self.state.session_id_prefix = f"sess_{self.replica}."  # ids name their replica
         self.app: ASGIApp = ReplicaMiddleware(app, self.replica)
         self._reports = 0
         self._lifespan = contextlib.AsyncExitStack()
@@ -266,6 +240,16 @@ async def _call_asgi(app: ASGIApp, scope: Scope, body: bytes) -> AsyncIterator[M
             asyncio.get_running_loop().call_later(10.0, task.cancel)
 
 
+def app_path(scope: Scope) -> str:
+    """The path below the application's route prefix (Serve keeps the prefix in `path` and
+    names it in `root_path`), so the sidecar can be mounted at e.g. /guardrail."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path") or ""
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
+
+
 # -- ingress ---------------------------------------------------------------------------------------------
 class GuardrailIngress:
     """Forwards each HTTP request to a model replica and streams the answer back.
@@ -293,7 +277,7 @@ class GuardrailIngress:
         if scope["type"] != "http":
             return
         body = await self._read_body(scope, receive)
-        path: str = scope["path"]
+        path = app_path(scope)
         found = session_owner(path)
         client = scope.get("client")
         request = {
@@ -353,9 +337,11 @@ class _ASGIEntry:
 def build_app(settings: Settings | None = None, *, replicas: int = 1, min_replicas: int | None = None,
               max_replicas: int | None = None, target_ongoing_requests: float = 16.0,
               replica_cpus: float = 1.0, replica_gpus: float = 0.0, ingress_replicas: int = 1,
-              ingress_cpus: float = 0.1, model_factory: str | ModelFactory | None = None) -> Any:
+              ingress_cpus: float = 0.1, model_factory: str | ModelFactory | None = None,
+              autoscaling: dict[str, Any] | None = None) -> Any:
     """The bound Serve application: ingress plus model replicas (fixed, or autoscaled between
-    `min_replicas` and `max_replicas`)."""
+    `min_replicas` and `max_replicas`; `autoscaling` passes further `AutoscalingConfig` fields
+    such as `upscale_delay_s` and `downscale_delay_s`)."""
     settings = settings or Settings()
     values = settings.model_dump(exclude={"api_key", "upstream_api_key"})
     if settings.api_key:  # secrets travel as init args only when given explicitly
@@ -368,7 +354,7 @@ def build_app(settings: Settings | None = None, *, replicas: int = 1, min_replic
         scaling = {"autoscaling_config": AutoscalingConfig(
             min_replicas=low, max_replicas=max(max_replicas or replicas, low),
             initial_replicas=max(low, min(replicas, max_replicas or replicas)),
-            target_ongoing_requests=target_ongoing_requests)}
+            target_ongoing_requests=target_ongoing_requests, **(autoscaling or {}))}
     router = f"{SessionAffinityRouter.__module__}.{SessionAffinityRouter.__qualname__}"
     model = serve.deployment(
         name="GuardrailReplica", **scaling,
@@ -390,7 +376,7 @@ def app_builder(args: dict[str, Any]) -> Any:
     `args` holds the `Settings` fields plus the scaling keys of `build_app`.
     """
     scaling_keys = ("replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "replica_cpus",
-                    "replica_gpus", "ingress_replicas", "ingress_cpus", "model_factory")
+                    "replica_gpus", "ingress_replicas", "ingress_cpus", "model_factory", "autoscaling")
     scaling = {k: args[k] for k in scaling_keys if k in args}
     settings = Settings.from_env(**{k: v for k, v in args.items() if k not in scaling_keys})
     return build_app(settings, **scaling)

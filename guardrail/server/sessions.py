@@ -42,8 +42,10 @@ class SessionEntry:
 
 class SessionStore:
     def __init__(self, *, max_sessions: int, ttl_s: float, max_bytes: int, bytes_per_token: int,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
+                 id_prefix: str = "sess_") -> None:
         self.max_sessions = max_sessions
+        self.id_prefix = id_prefix  # scale-out names the owning replica here, for routing
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
         self.bytes_per_token = bytes_per_token
@@ -66,7 +68,7 @@ class SessionStore:
         while len(self._entries) >= self.max_sessions and self._evict_one("evicted: too many sessions"):
             pass
         now = self.clock()
-        entry = SessionEntry(id="sess_" + secrets.token_urlsafe(16), session=session, created=now,
+        entry = SessionEntry(id=self.id_prefix + secrets.token_urlsafe(16), session=session, created=now,
                              last_used=now)
         self._entries[entry.id] = entry
         self.enforce_memory(keep=entry.id)

@@ -32,6 +32,8 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_new_tokens: int = Field(1024, ge=1, description="Upper bound on a generation's length.")
     max_session_tokens: int = Field(32768, ge=1, description="Response tokens one session may receive.")
+    heap_trim_interval_s: float = Field(2.0, ge=0, description="Return freed heap memory to the OS at "
+                                        "most this often (seconds; 0 turns it off).")
     log_text: bool = False
     cors_origins: list[str] = Field(default_factory=list,
                                     description="Origins allowed to call from a browser; none by default.")

@@ -34,6 +34,7 @@ class ServerState:
     upstream: httpx.AsyncClient | None = None
     load_error: str | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    session_id_prefix: str = "sess_"
 
     def attach(self, model: SafetyModel) -> None:
         """Put a loaded model behind a fresh batcher and session store."""
@@ -41,12 +42,13 @@ class ServerState:
         self.model = model
         self.config = GuardConfig(threshold=float(model.head.config.threshold))
         self.batcher = Batcher(model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
-                               max_queue=s.max_queue, metrics=self.metrics)
+                               max_queue=s.max_queue, metrics=self.metrics,
+                               heap_trim_interval_s=s.heap_trim_interval_s)
         self.batcher.start()
         self.sessions = SessionStore(
             max_sessions=s.max_sessions, ttl_s=s.session_ttl_s,
             max_bytes=int(s.max_session_memory_mb * 2**20), bytes_per_token=kv_bytes_per_token(model),
-            metrics=self.metrics,
+            metrics=self.metrics, id_prefix=self.session_id_prefix,
         )
         self.ready.set()
 

@@ -30,7 +30,7 @@ log = logging.getLogger("guardrail.server")
 async def generate(body: GenerateRequest, state: StateDep) -> EventSourceResponse:
     batcher, _ = state.require()
     if body.max_new_tokens > state.settings.max_new_tokens:
-        raise APIError(400, f"max_new_tokens must be <= {state.settings.max_new_tokens}",
+        raise APIError(422, f"max_new_tokens must be <= {state.settings.max_new_tokens}",
                        param="max_new_tokens", code="too_many_tokens")
     to_messages(body.conversation)  # InputError (400) before the stream starts
     batcher.admit()

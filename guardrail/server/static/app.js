@@ -245,7 +245,7 @@
   async function runLocal(view, messages, config, guard, prefill, signal) {
     const body = { messages, guard, config, max_new_tokens: Math.round(numberValue("max_tokens", 64)) };
     if (prefill) body.prefill = prefill;
-    const response = await fetch("/v1/generate", {
+    const response = await fetch("v1/generate", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal,
     });
     if (!response.ok) throw new Error(await errorText(response));
@@ -266,7 +266,7 @@
   async function runProxy(view, messages, config, signal) {
     const body = { messages, stream: true, guardrail: config,
                    max_tokens: Math.round(numberValue("max_tokens", 64)) };
-    const response = await fetch("/v1/chat/completions", {
+    const response = await fetch("v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal,
     });
     if (!response.ok) throw new Error(await errorText(response));
@@ -327,7 +327,7 @@
   async function loadStatus() {
     const el = $("server-status");
     try {
-      const response = await fetch("/readyz");
+      const response = await fetch("readyz");
       const body = await response.json();
       if (response.ok) {
         state.mode = body.mode || "local";
