@@ -11,8 +11,11 @@ once, in order. Each stream repeats until the time is up.
 
 Figures: sent and received (chunks and words), lost, duplicated, out of order, errors by
 kind (a 429 the client retried is not an error), verdict latency p50/p99 per chunk, and the
-server's RSS at start, after warm-up (every stream has finished one round, so caches have
-reached full size once; at least 60 s) and at the end. Targets: lost = duplicated =
+server's RSS at start, after warm-up and at the end. Warm-up ends when every stream has
+finished one round (its caches have reached full size once; at least 60 s). RSS is sampled
+every 2 s; "after warm-up" and "end" are the highest samples of the minute after warm-up
+and of the last minute, since memory saws up and down as sessions start and end together.
+Targets: lost = duplicated =
 out_of_order = errors = 0, RSS after warm-up grows <= 10%.
 """
 
@@ -180,30 +183,52 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass
+class RssTrace:
+    """The server's RSS every 2 s. Sessions start and end together, so resident memory saws up
+    and down by hundreds of MB within a minute; comparing single samples would measure the
+    phase of the saw. The figures are the highest RSS of a window instead: a leak or creeping
+    fragmentation raises the peaks."""
+
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def peak(self, start: float, end: float) -> float:
+        window = [mb for t, mb in self.samples if start <= t <= end]
+        return max(window) if window else float("nan")
+
+    def every(self, seconds: float) -> list[tuple[int, float]]:
+        picked, next_t = [], 0.0
+        for t, mb in self.samples:
+            if t >= next_t:
+                picked.append((round(t), round(mb, 1)))
+                next_t = t + seconds
+        return picked
+
+
 async def run(url: str, streams: int, seconds: float, key: str | None, server: Sidecar,
-              warm_s: float) -> tuple[Stats, float, float, list[tuple[int, float]]]:
-    """Run the streams; the warm RSS sample is taken once every stream has finished a first
-    round (its caches have reached full size once) and at least `warm_s` have passed."""
+              warm_s: float) -> tuple[Stats, float, RssTrace]:
+    """Run the streams; warm-up ends once every stream has finished a first round (its caches
+    have reached full size once) and at least `warm_s` have passed."""
     stats = Stats()
     started = time.monotonic()
     deadline = started + seconds
     kinds = (session_stream, chat_stream)
     tasks = [asyncio.create_task(kinds[i % 2](i, url, deadline, stats, key)) for i in range(streams)]
-    series: list[tuple[int, float]] = []
+    trace = RssTrace()
 
     async def sample() -> None:
         while True:
-            series.append((round(time.monotonic() - started), round(server.rss_mb(), 1)))
-            await asyncio.sleep(30)
+            trace.samples.append((time.monotonic() - started, server.rss_mb()))
+            await asyncio.sleep(2)
 
     sampler = asyncio.create_task(sample())
     await asyncio.sleep(min(warm_s, seconds))
     while len(stats.warmed) < streams and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-    rss_warm, warm_at = server.rss_mb(), time.monotonic() - started
+    warm_at = time.monotonic() - started
     await asyncio.gather(*tasks)
     sampler.cancel()
-    return stats, rss_warm, warm_at, series
+    return stats, warm_at, trace
 
 
 def main() -> int:
@@ -220,6 +245,8 @@ def main() -> int:
     p.add_argument("--head", default=None)
     p.add_argument("--token-ms", type=float, default=5.0, help="upstream delay per word")
     p.add_argument("--log", default=None, help="write the server's output here")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="extra `guardrail serve` argument (repeatable): --serve-arg=--heap-trim-interval=0")
     args = p.parse_args()
     streams = args.streams or (16 if args.quick else 64)
     seconds = args.seconds or (60.0 if args.quick else 600.0)
@@ -232,14 +259,17 @@ def main() -> int:
     key = "soak-key"
     with BackgroundServer(upstream_app(args.token_ms)) as upstream:
         server = Sidecar("--upstream", upstream.url + "/v1", "--max-sessions", str(max(256, streams * 4)),
+                         *args.serve_arg,
                          model=model, head=head, env={"GUARDRAIL_API_KEY": key},
                          log_path=Path(args.log) if args.log else None)
         server.start(ready_timeout=600)
         try:
             rss_start = server.rss_mb()
-            outcome = asyncio.run(run(server.url, streams, seconds, key, server, warm_s))
-            stats, rss_warm, warm_at, series = outcome
-            rss_end = server.rss_mb()
+            stats, warm_at, trace = asyncio.run(run(server.url, streams, seconds, key, server, warm_s))
+            ended = trace.samples[-1][0] if trace.samples else warm_at
+            window = min(60.0, max(2.0, (ended - warm_at) / 3))
+            rss_warm = trace.peak(warm_at, warm_at + window)
+            rss_end = trace.peak(ended - window, ended)
             alive = httpx.get(server.url + "/healthz", timeout=10).status_code == 200
             held = {name: metric(server.url, f"guardrail_{name}", {"authorization": f"Bearer {key}"})
                     for name in ("active_sessions", "active_streams")}  # both 0 when nothing leaked
@@ -255,7 +285,8 @@ def main() -> int:
     }
     detail = {"errors_by_kind": dict(stats.errors), "rounds": stats.rounds, "alive": alive,
               "rss_growth_after_warmup": round(rss_end / rss_warm - 1, 3) if rss_warm else None,
-              "warm_sample_at_s": round(warm_at, 1), "rss_every_30s": series,
+              "warm_at_s": round(warm_at, 1), "rss_peak_window_s": round(window, 1),
+              "rss_every_30s": trace.every(30),
               "mean_ms": round(statistics.fmean(stats.latencies_ms), 1) if stats.latencies_ms else None,
               "model": "tiny" if args.tiny else (args.model or "default"), "held_at_end": held}
     for k, v in detail.items():

@@ -86,9 +86,9 @@ class RayBackend:
         options: dict[str, Any] = {"replicas": RAY_REPLICAS, "replica_cpus": 0.25, "ingress_cpus": 0.1,
                                    "model_factory": factory, **scaling}
         app = build_app(settings, **options)
-        serve.run(app, name=name, route_prefix=f"/{name}")
         url = f"{self.cluster.url}/{name}"
         try:
+            serve.run(app, name=name, route_prefix=f"/{name}")
             _wait_ready(url, settings.api_key)
             yield SimpleNamespace(url=url, app_name=name, ray=self.cluster.ray)
         finally:
@@ -97,8 +97,13 @@ class RayBackend:
 
 def _wait_ready(url: str, api_key: str | None, timeout_s: float = 120) -> None:
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    deadline = time.time() + timeout_s
-    while httpx.get(f"{url}/readyz", headers=headers, timeout=10).status_code != 200:
-        if time.time() > deadline:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", headers=headers, timeout=10).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # the proxy may not route the new prefix yet
+        if time.monotonic() > deadline:
             raise RuntimeError(f"Ray application at {url} did not become ready")
         time.sleep(0.3)

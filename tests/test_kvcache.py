@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from guardrail.model.kvcache import BLOCK_TOKENS, GrowableLayer, truncate
+from guardrail.model.kvcache import BLOCK_TOKENS, GROWTH, GrowableLayer, truncate
 
 
 def test_growable_layer_matches_dynamic_layer_through_growth_and_crops() -> None:
@@ -20,8 +20,9 @@ def test_growable_layer_matches_dynamic_layer_through_growth_and_crops() -> None
         torch.testing.assert_close(got[1], want[1])
         assert growable.get_seq_length() == stock.get_seq_length()
         assert growable._key_buffer is not None
-        assert growable._key_buffer.shape[-2] % BLOCK_TOKENS == 0
-        assert growable._key_buffer.shape[-2] - growable.get_seq_length() < BLOCK_TOKENS
+        capacity, length = growable._key_buffer.shape[-2], growable.get_seq_length()
+        assert capacity % BLOCK_TOKENS == 0
+        assert capacity - length < max(BLOCK_TOKENS, length * (GROWTH - 1) + BLOCK_TOKENS)
         buffers.add(growable._key_buffer.data_ptr())
         if step == 3:  # crop, then keep writing into the same buffer
             growable.crop(-4)
@@ -41,3 +42,15 @@ def test_truncate_and_reset_rebuild_consistently() -> None:
     layer.reset()
     keys, _ = layer.update(more, more)
     torch.testing.assert_close(keys, more)
+
+
+def test_a_long_stream_is_reallocated_a_logarithmic_number_of_times() -> None:
+    layer = GrowableLayer()
+    buffers = set()
+    for _ in range(2000):
+        token = torch.randn(1, 1, 1, 2)
+        layer.update(token, token)
+        assert layer._key_buffer is not None
+        buffers.add(layer._key_buffer.data_ptr())
+    assert layer.get_seq_length() == 2000
+    assert len(buffers) <= 25  # 16 -> 2000 growing by >= 1.25x: about 22 buffers, not 125

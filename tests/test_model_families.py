@@ -13,20 +13,22 @@ from guardrail.model.head import HeadConfig, SafetyHead
 from guardrail.model.loading import ModelLoadError, load_model
 from guardrail.types import DoneEvent, GuardConfig
 
-FAMILIES = {
-    "llama": {},
-    "mistral": {"sliding_window": None},
-    "qwen2": {},
-    "qwen3": {"head_dim": 8},
+FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {"sliding_window": None}),
+    "mistral-sliding": ("mistral", {"sliding_window": 40}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {"head_dim": 8}),
 }
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_loads_checks_and_generates(family: str, tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model_type, extra = FAMILIES[family]
     config = AutoConfig.for_model(
-        family, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        model_type, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, **FAMILIES[family],
+        eos_token_id=tokenizer.eos_token_id, **extra,
     )
     torch.manual_seed(0)
     model_dir, head_dir = tmp_path / family, tmp_path / "head"
@@ -38,6 +40,12 @@ def test_family_loads_checks_and_generates(family: str, tmp_path: Path, tokenize
     assert guard.check_prompt("hello there").label == "safe"
     events = list(guard.generate("hello", max_new_tokens=6))
     assert isinstance(events[-1], DoneEvent) and not events[-1].intercepted
+    window = extra.get("sliding_window")
+    if window:  # sequences stay within the window, where sliding layers attend fully
+        assert guard.model.max_context == window
+        session = guard.session("hello")
+        for _ in range(12):  # well past the window: the session re-encodes to stay inside it
+            assert session.feed(" and then some more words").intercepted is False
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:

@@ -156,6 +156,8 @@ def test_mounted_under_a_route_prefix_with_its_chat_page(ray_server: SimpleNames
     with httpx.Client(base_url=ray_server.url, timeout=60) as c:
         page = c.get("/")
         assert page.status_code == 200 and 'src="static/app.js"' in page.text
+        bare = httpx.get(ray_server.url, timeout=30)  # no trailing slash: relative links need one
+        assert bare.status_code == 307 and bare.headers["location"] == prefix + "/"
         script = c.get("/static/app.js")
         assert script.status_code == 200 and 'fetch("v1/generate"' in script.text
         outside = httpx.get(ray_server.url.removesuffix(prefix) + "/v1/check", timeout=30)
@@ -179,8 +181,8 @@ def test_serve_config_file_validates_and_deploys(ray_cluster: SimpleNamespace) -
     builder = getattr(importlib.import_module(module), attr)
     args = {**app.args, "device": "cpu", "dtype": None, "replica_gpus": 0, "replica_cpus": 0.25,
             "ingress_cpus": 0.1, "ingress_replicas": 1, "model_factory": "tests.backends:keyword_model"}
-    serve.run(builder(args), name="guardrail-config", route_prefix="/guardrail-config")
     try:
+        serve.run(builder(args), name="guardrail-config", route_prefix="/guardrail-config")
         url = f"{ray_cluster.url}/guardrail-config"
         seen = set()
         with httpx.Client(base_url=url, timeout=60) as c:

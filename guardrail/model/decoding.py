@@ -3,6 +3,11 @@
 Each checked step rides its [CLS] query in the same forward pass as the next token. Text
 is released through the hold-back buffer. On `tau` consecutive unsafe checks the guard
 either stops, or drops the withheld tokens, inserts a refusal and lets the model justify it.
+
+The loop is written once, as a plan (`generation_plan`) that yields the work it needs done
+(`Forward`, `Detokenize`, `DropTokens`) and the events it produces. `generate_events` runs the
+work in place (the embedded guard); the sidecar runs the same plan with forward passes in its
+batcher and tokenizer work on its tokenizer thread.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from guardrail.model.engine import SafetyModel
+from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
 from guardrail.model.masks import ClsQuery
 from guardrail.model.policy import CheckSchedule, TauPolicy
@@ -55,6 +61,84 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+# -- the work a plan asks its driver for --------------------------------------------------------
+@dataclass
+class Forward:
+    """One forward pass; the driver answers (next token if `sample`, else None; the score)."""
+
+    request: StepRequest
+    sample: bool
+
+
+@dataclass
+class Detokenize:
+    """Turn released token ids into text (tokenizer work); answered with the text."""
+
+    detokenizer: IncrementalDetokenizer
+    ids: list[int]
+    final: bool
+
+    def run(self) -> str:
+        return self.detokenizer.add(self.ids, final=self.final)
+
+
+@dataclass
+class Encode:
+    """Tokenize text to be appended to the response (tokenizer work); answered with the ids."""
+
+    tokenizer: Any
+    text: str
+
+    def run(self) -> list[int]:
+        return encode_text(self.tokenizer, self.text)
+
+
+@dataclass
+class DropTokens:
+    """Remove the last `count` tokens from a cache (model work: withheld tokens before a refusal)."""
+
+    cache: Any
+    count: int
+
+    def run(self) -> None:
+        self.cache.crop(-self.count)
+
+
+Work = Forward | Detokenize | Encode | DropTokens
+Sampled = tuple[int | None, float | None]
+#: Yields work and events; receives the answer to each piece of work (None after an event).
+GenerationPlan = Generator[Work | GenerationEvent, Any, None]
+
+
+class Sampler:
+    """Picks the next token from a pass's logits, with the generation's own random state."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator: torch.Generator | None = None
+
+    def pick(self, out: StepOutput, sample: bool) -> Sampled:
+        if not sample or out.logits is None:
+            return None, out.score
+        if self.generator is None and self.params.seed is not None:  # on the logits' device (CUDA too)
+            self.generator = torch.Generator(device=out.logits.device).manual_seed(self.params.seed)
+        return sample_next(out.logits, self.params, self.generator), out.score
+
+
+@dataclass
+class GenerationInputs:
+    prompt_ids: list[int]
+    prefill_ids: list[int]
+
+
+def encode_inputs(model: SafetyModel, prompt: PromptInput, prefill: str | None,
+                  params: SamplingParams) -> GenerationInputs:
+    """Tokenize the prompt (cut to leave room for the answer and a refusal) and the prefill."""
+    budget = max(model.max_context - params.max_new_tokens - JUSTIFY_TOKENS - 64, 32)
+    prompt_ids = fit_prompt(encode_prompt(model.tokenizer, prompt), budget)
+    return GenerationInputs(prompt_ids, encode_text(model.tokenizer, prefill) if prefill else [])
+
+
 class _Stream:
     """State of one generation: cache, response ids, buffer, policy, released text."""
 
@@ -71,19 +155,152 @@ class _Stream:
         self.checks = 0
 
     def query(self) -> ClsQuery:
-        return ClsQuery(
-            seen=self.prompt_len + len(self.response),
-            prompt_len=self.prompt_len,
-            window=self.config.window,
-        )
+        return ClsQuery(seen=self.prompt_len + len(self.response), prompt_len=self.prompt_len,
+                        window=self.config.window)
 
-    def release(self, n: int, *, final: bool = False) -> TokenEvent | None:
+    def forward(self, ids: list[int], check: ClsQuery | None, *, sample: bool = True) -> Forward:
+        return Forward(StepRequest(self.cache, ids, check, sample), sample)
+
+    def release(self, n: int, *, final: bool = False) -> Generator[Work, Any, TokenEvent | None]:
         start = self.buffer.released - n
-        piece = self.detok.add(self.response[start : start + n], final=final) if n or final else ""
+        piece = (yield Detokenize(self.detok, self.response[start : start + n], final)) if n or final else ""
         if not piece:
             return None
         self.text += piece
         return TokenEvent(index=start, text=piece)
+
+
+def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardConfig,
+                    params: SamplingParams, *, guard: bool = True,
+                    started: float | None = None) -> GenerationPlan:
+    """One guarded generation as a plan: token, score, intercept and done events, in order.
+
+    `started` (a `time.perf_counter()` reading) is when the request arrived, so the reported
+    timings include tokenizing it.
+    """
+    started = time.perf_counter() if started is None else started
+    first_token_ms: float | None = None
+    prompt_ids, prefill_ids = inputs.prompt_ids, inputs.prefill_ids
+    stream = _Stream(model, prompt_ids, config if guard else config.model_copy(update={"hold_back": 0}))
+    schedule = CheckSchedule(config.strategy, config.period)
+    eos = set(eos_ids(model))
+    intercepted: InterceptEvent | None = None
+
+    def check_now() -> ClsQuery | None:
+        return stream.query() if guard else None
+
+    # Prompt pass (with the prompt check riding along), then the prefill as forced response tokens.
+    token, score = yield stream.forward(prompt_ids, check_now() if config.check_prompt else None,
+                                        sample=not prefill_ids)
+    if score is not None:
+        stream.checks += 1
+        flagged = score >= config.threshold
+        yield ScoreEvent(index=0, score=score, unsafe=flagged, streak=int(flagged))
+        if flagged:
+            intercepted = InterceptEvent(index=0, score=score, action=config.action, stage="prompt")
+    if intercepted is None and prefill_ids:
+        stream.response.extend(prefill_ids)
+        stream.buffer.append(len(prefill_ids))
+        token, score = yield stream.forward(prefill_ids, check_now())
+        if score is not None:
+            intercepted = yield from _record_check(stream, score)
+
+    generated = 0
+    while intercepted is None and generated < params.max_new_tokens and token is not None:
+        if token in eos:
+            break
+        generated += 1
+        stream.response.append(token)
+        stream.buffer.append(1)
+        do_check = guard and schedule.should_check(len(stream.response))
+        token, score = yield stream.forward([token], stream.query() if do_check else None,
+                                            sample=generated < params.max_new_tokens)
+        if score is not None:
+            intercepted = yield from _record_check(stream, score)
+        elif not guard:
+            stream.buffer.cleared = stream.buffer.total
+            event = yield from stream.release(stream.buffer.on_check(stream.buffer.total, unsafe=False))
+            if event:
+                first_token_ms = first_token_ms or (time.perf_counter() - started) * 1000
+                yield event
+        if first_token_ms is None and stream.buffer.released:
+            first_token_ms = (time.perf_counter() - started) * 1000
+
+    if intercepted is None:
+        # Cover the tail that no scheduled check reached before releasing it.
+        safe = True
+        if guard and stream.buffer.cleared < len(stream.response):
+            _, score = yield stream.forward([], stream.query(), sample=False)
+            assert score is not None
+            intercepted = yield from _record_check(stream, score, final=True)
+            safe = intercepted is None and score < config.threshold
+        if intercepted is None:
+            event = yield from stream.release(stream.buffer.finish(safe or not guard), final=True)
+            if event:
+                yield event
+
+    if intercepted is not None:
+        yield intercepted
+        if config.action == "refuse":
+            yield from _refuse(stream, eos, guard)
+
+    yield DoneEvent(
+        text=stream.text,
+        intercepted=intercepted is not None,
+        intercept_index=intercepted.index if intercepted is not None else None,
+        usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(stream.response),
+                    checks=stream.checks),
+        timings=Timings(total_ms=(time.perf_counter() - started) * 1000, first_token_ms=first_token_ms),
+    )
+
+
+def _record_check(stream: _Stream, score: float, *, final: bool = False
+                  ) -> Generator[Work | GenerationEvent, Any, InterceptEvent | None]:
+    """Apply one check to policy and buffer; yield its events; return an intercept or None."""
+    stream.checks += 1
+    act = stream.policy.update(score)
+    unsafe = stream.policy.is_unsafe(score)
+    yield ScoreEvent(index=len(stream.response), score=score, unsafe=unsafe, streak=stream.policy.streak)
+    if act or (final and unsafe):
+        stream.buffer.intercept()
+        return InterceptEvent(index=stream.buffer.released, score=score, action=stream.config.action)
+    event = yield from stream.release(stream.buffer.on_check(len(stream.response), unsafe))
+    if event:
+        yield event
+    return None
+
+
+def _refuse(stream: _Stream, eos: set[int], guard: bool) -> Generator[Work | GenerationEvent, Any, None]:
+    """Drop withheld tokens from the cache, insert the refusal, let the model justify it.
+
+    The justification is checked once, as a whole, and released only if it is safe (the
+    refusal itself has already been delivered). That check is not counted in `usage.checks`.
+    """
+    withheld = len(stream.response) - stream.buffer.released
+    if withheld:
+        yield DropTokens(stream.cache, withheld)
+        del stream.response[stream.buffer.released :]
+    prefix = (" " if stream.text and not stream.text.endswith((" ", "\n")) else "") + REFUSAL
+    refusal_ids = yield Encode(stream.model.tokenizer, prefix)
+    stream.text += prefix
+    yield TokenEvent(index=len(stream.response), text=prefix)
+    token, _ = yield stream.forward(refusal_ids, None)
+    justification: list[int] = []
+    for i in range(JUSTIFY_TOKENS):
+        if token is None or token in eos:
+            break
+        justification.append(token)
+        token, _ = yield stream.forward([token], None, sample=i + 1 < JUSTIFY_TOKENS)
+    if justification:
+        seen = stream.prompt_len + len(stream.response) + len(refusal_ids) + len(justification)
+        check = ClsQuery(seen=seen, prompt_len=stream.prompt_len, window=stream.config.window)
+        score = None
+        if guard:
+            _, score = yield stream.forward([], check, sample=False)
+        if score is None or score < stream.config.threshold:
+            piece = yield Detokenize(IncrementalDetokenizer(stream.model.tokenizer), justification, True)
+            stream.text += piece
+            yield TokenEvent(index=len(stream.response) + len(refusal_ids), text=piece)
 
 
 def generate_events(
@@ -95,161 +312,29 @@ def generate_events(
     prefill: str | None = None,
     guard: bool = True,
 ) -> Iterator[GenerationEvent]:
-    """Yield token, score, intercept and done events for one guarded generation."""
+    """Yield token, score, intercept and done events for one guarded generation (in place)."""
     started = time.perf_counter()
-    first_token_ms: float | None = None
-    tok = model.tokenizer
-    budget = model.max_context - params.max_new_tokens - JUSTIFY_TOKENS - 64
-    prompt_ids = fit_prompt(encode_prompt(tok, prompt), max(budget, 32))
-    stream = _Stream(model, prompt_ids, config if guard else config.model_copy(update={"hold_back": 0}))
-    schedule = CheckSchedule(config.strategy, config.period)
-    generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-    eos = {int(i) for i in _eos_ids(model)}
-    intercepted: InterceptEvent | None = None
-
-    def check_now() -> ClsQuery | None:
-        return stream.query() if guard else None
-
-    # Prompt pass (with the prompt check riding along), then the prefill as forced response tokens.
-    prefill_ids = encode_text(tok, prefill) if prefill else []
-    out = model.step(
-        stream.cache,
-        prompt_ids,
-        check=check_now() if config.check_prompt else None,
-        want_logits=not prefill_ids,
-    )
-    if out.score is not None:
-        stream.checks += 1
-        flagged = out.score >= config.threshold
-        yield ScoreEvent(index=0, score=out.score, unsafe=flagged, streak=int(flagged))
-        if flagged:
-            intercepted = InterceptEvent(index=0, score=out.score, action=config.action, stage="prompt")
-    if intercepted is None and prefill_ids:
-        stream.response.extend(prefill_ids)
-        stream.buffer.append(len(prefill_ids))
-        out = model.step(stream.cache, prefill_ids, check=check_now())
-        if out.score is not None:
-            intercepted = yield from _record_check(stream, out.score)
-
-    logits = out.logits
-    generated = 0
-    while intercepted is None and generated < params.max_new_tokens and logits is not None:
-        token = sample_next(logits, params, generator)
-        if token in eos:
-            break
-        generated += 1
-        stream.response.append(token)
-        stream.buffer.append(1)
-        do_check = guard and schedule.should_check(len(stream.response))
-        out = model.step(stream.cache, [token], check=stream.query() if do_check else None)
-        logits = out.logits
-        if out.score is not None:
-            intercepted = yield from _record_check(stream, out.score)
-        elif not guard:
-            event = stream.release(_release_unguarded(stream))
-            if event:
-                first_token_ms = first_token_ms or (time.perf_counter() - started) * 1000
-                yield event
-        if first_token_ms is None and stream.buffer.released:
-            first_token_ms = (time.perf_counter() - started) * 1000
-
-    if intercepted is None:
-        # Cover the tail that no scheduled check reached before releasing it.
-        safe = True
-        if guard and stream.buffer.cleared < len(stream.response):
-            out = model.step(stream.cache, [], check=stream.query(), want_logits=False)
-            assert out.score is not None
-            intercepted = yield from _record_check(stream, out.score, final=True)
-            safe = intercepted is None and out.score < config.threshold
-        if intercepted is None:
-            n = stream.buffer.finish(safe or not guard)
-            event = stream.release(n, final=True)
-            if event:
-                yield event
-
-    if intercepted is not None:
-        yield intercepted
-        if config.action == "refuse":
-            yield from _refuse(stream, params, generator, eos, guard)
-
-    yield DoneEvent(
-        text=stream.text,
-        intercepted=intercepted is not None,
-        intercept_index=intercepted.index if intercepted is not None else None,
-        usage=Usage(
-            prompt_tokens=len(prompt_ids), completion_tokens=len(stream.response), checks=stream.checks
-        ),
-        timings=Timings(total_ms=(time.perf_counter() - started) * 1000, first_token_ms=first_token_ms),
-    )
+    sampler = Sampler(params)
+    inputs = encode_inputs(model, prompt, prefill, params)
+    plan = generation_plan(model, inputs, config, params, guard=guard, started=started)
+    answer: Any = None
+    while True:
+        try:
+            item = plan.send(answer)
+        except StopIteration:
+            return
+        answer = None
+        if isinstance(item, Forward):
+            r = item.request
+            out = model.step(r.cache, r.token_ids, check=r.check, want_logits=r.want_logits)
+            answer = sampler.pick(out, item.sample)
+        elif isinstance(item, Detokenize | Encode | DropTokens):
+            answer = item.run()
+        else:
+            yield item
 
 
-def _release_unguarded(stream: _Stream) -> int:
-    stream.buffer.cleared = stream.buffer.total
-    return stream.buffer.on_check(stream.buffer.total, unsafe=False)
-
-
-def _record_check(
-    stream: _Stream, score: float, *, final: bool = False
-) -> Generator[GenerationEvent, None, InterceptEvent | None]:
-    """Apply one check to policy and buffer; yield its events; return an intercept or None."""
-    stream.checks += 1
-    act = stream.policy.update(score)
-    unsafe = stream.policy.is_unsafe(score)
-    yield ScoreEvent(index=len(stream.response), score=score, unsafe=unsafe, streak=stream.policy.streak)
-    if act or (final and unsafe):
-        stream.buffer.intercept()
-        return InterceptEvent(index=stream.buffer.released, score=score, action=stream.config.action)
-    event = stream.release(stream.buffer.on_check(len(stream.response), unsafe))
-    if event:
-        yield event
-    return None
-
-
-def _refuse(
-    stream: _Stream,
-    params: SamplingParams,
-    generator: torch.Generator | None,
-    eos: set[int],
-    guard: bool,
-) -> Iterator[GenerationEvent]:
-    """Drop withheld tokens from the cache, insert the refusal, let the model justify it.
-
-    The justification is generated under the guard as well; if it turns unsafe it is
-    simply cut, since the refusal has already been delivered.
-    """
-    model = stream.model
-    withheld = len(stream.response) - stream.buffer.released
-    if withheld:
-        stream.cache.crop(-withheld)
-        del stream.response[stream.buffer.released :]
-    prefix = (" " if stream.text and not stream.text.endswith((" ", "\n")) else "") + REFUSAL
-    refusal_ids = encode_text(model.tokenizer, prefix)
-    stream.text += prefix
-    yield TokenEvent(index=len(stream.response), text=prefix)
-    out = model.step(stream.cache, refusal_ids)
-    logits = out.logits
-    detok = IncrementalDetokenizer(model.tokenizer)
-    justification: list[int] = []
-    for _ in range(JUSTIFY_TOKENS):
-        assert logits is not None
-        token = sample_next(logits, params, generator)
-        if token in eos:
-            break
-        justification.append(token)
-        out = model.step(stream.cache, [token])
-        logits = out.logits
-    # One check over the whole justification: release it only if it is safe.
-    if justification:
-        seen = stream.prompt_len + len(stream.response) + len(refusal_ids) + len(justification)
-        check = ClsQuery(seen=seen, prompt_len=stream.prompt_len, window=stream.config.window)
-        verdict = model.step(stream.cache, [], check=check, want_logits=False) if guard else None
-        if verdict is None or verdict.score is None or verdict.score < stream.config.threshold:
-            piece = detok.add(justification, final=True)
-            stream.text += piece
-            yield TokenEvent(index=len(stream.response) + len(refusal_ids), text=piece)
-
-
-def _eos_ids(model: SafetyModel) -> list[int]:
+def eos_ids(model: SafetyModel) -> list[int]:
     tok = model.tokenizer
     ids = set()
     if tok.eos_token_id is not None:

@@ -21,7 +21,13 @@ from transformers.cache_utils import Cache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from guardrail.model.head import SafetyHead
-from guardrail.model.kvcache import BatchScratch, StreamBatchLayer, new_stream_cache, truncate
+from guardrail.model.kvcache import (
+    BatchScratch,
+    StreamBatchLayer,
+    attention_limit,
+    new_stream_cache,
+    truncate,
+)
 from guardrail.model.masks import ClsQuery, cls_visibility, strategic_mask, strategic_positions
 
 
@@ -68,7 +74,8 @@ class SafetyModel(nn.Module):
         self.lm_head = lm.get_output_embeddings()
         self.embed = lm.get_input_embeddings()
         limit = int(getattr(lm.config, "max_position_embeddings", 4096) or 4096)
-        self.max_context = min(limit, max_context or 4096)
+        window = attention_limit(lm.config)  # within it, sliding-window layers attend fully
+        self.max_context = min(limit, max_context or 4096, window or limit)
         self.vocab_size = int(self.lm_head.weight.shape[0])
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -116,6 +123,11 @@ class SafetyModel(nn.Module):
         finally:
             self._active_cls = 0
 
+    def release_scratch(self) -> None:
+        """Free the batched passes' scratch (the server calls it when idle)."""
+        with self._lock:
+            self._scratch.release()
+
     def new_cache(self) -> DynamicCache:
         return new_stream_cache(self.lm.config)
 
@@ -147,21 +159,25 @@ class SafetyModel(nn.Module):
             device=embeds.device,
         )
         positions = strategic_positions(past, n_new, cls_queries or [[] for _ in range(batch)], embeds.device)
-        with self._lock, self._cls_rows(n_cls):
-            out = self.decoder(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **{self._cache_kw: cache},
-            )
-        if n_cls:
-            cache.crop(-n_cls)
-        hidden = out.last_hidden_state
-        logits = None
-        if logits_at:
-            logits = self.lm_head(hidden[:, logits_at]).float()
-        cls_hidden = hidden[:, n_new:] if n_cls else None
+        try:
+            with self._lock, self._cls_rows(n_cls):
+                out = self.decoder(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{self._cache_kw: cache},
+                )
+            if n_cls:
+                cache.crop(-n_cls)
+            hidden = out.last_hidden_state
+            logits = None
+            if logits_at:
+                logits = self.lm_head(hidden[:, logits_at]).float()
+            cls_hidden = hidden[:, n_new:] if n_cls else None
+        except BaseException:
+            truncate(cache, past)  # a failed pass leaves no trace, so it can be retried
+            raise
         return logits, cls_hidden
 
     @torch.inference_mode()
@@ -292,18 +308,18 @@ class SafetyModel(nn.Module):
                     use_cache=True,
                     **{self._cache_kw: batch_view},
                 )
+            hidden = out.last_hidden_state
+            outputs = []
+            for b, r in enumerate(requests):
+                logits = None
+                if r.want_logits and news[b]:
+                    logits = self.lm_head(hidden[b, news[b] - 1]).float()
+                score = None
+                if r.check is not None:
+                    score = float(self.head.unsafe_probability(hidden[b, n_new]))
+                outputs.append(StepOutput(logits, score))
         except BaseException:
             for r, past in zip(requests, pasts, strict=True):  # a failed pass leaves no trace
                 truncate(r.cache, past)
             raise
-        hidden = out.last_hidden_state
-        outputs = []
-        for b, r in enumerate(requests):
-            logits = None
-            if r.want_logits and news[b]:
-                logits = self.lm_head(hidden[b, news[b] - 1]).float()
-            score = None
-            if r.check is not None:
-                score = float(self.head.unsafe_probability(hidden[b, n_new]))
-            outputs.append(StepOutput(logits, score))
         return outputs

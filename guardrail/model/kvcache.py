@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-BLOCK_TOKENS = 64  # growth step: at most 63 tokens of slack per stream and layer
+BLOCK_TOKENS = 16  # capacity is a multiple of this
+GROWTH = 1.25  # and grows at least this much, so a long stream is copied O(log n) times
 
 
 def _length(keys: torch.Tensor | None) -> int:
@@ -25,7 +26,10 @@ def _length(keys: torch.Tensor | None) -> int:
 
 
 class GrowableLayer(DynamicLayer):
-    """A dynamic cache layer whose keys and values live in buffers grown `BLOCK_TOKENS` at a time.
+    """A dynamic cache layer whose keys and values live in buffers grown in place.
+
+    Slack is at most 15 tokens or a quarter of the length: short streams (most moderation
+    sessions) waste little, long ones are copied a logarithmic number of times.
 
     `keys` and `values` stay views of the first `length` positions of the buffers, so
     everything that reads a dynamic layer (cropping included) works unchanged.
@@ -55,11 +59,13 @@ class GrowableLayer(DynamicLayer):
         buffer = self._key_buffer
         if buffer is None or end > buffer.shape[-2] or buffer.shape[:2] != key_states.shape[:2]:
             return False
+        if buffer.dtype != key_states.dtype or buffer.device != key_states.device:
+            return False
         # keys were replaced by something other than a view of the buffer (a reset, say)
         return length == 0 or (self.keys is not None and self.keys.data_ptr() == buffer.data_ptr())
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, end: int) -> None:
-        capacity = -(-end // BLOCK_TOKENS) * BLOCK_TOKENS
+        capacity = capacity_tokens(max(end, int(length * GROWTH)))
         batch, heads, _, key_dim = key_states.shape
         keys = key_states.new_empty((batch, heads, capacity, key_dim))
         values = value_states.new_empty((batch, heads, capacity, value_states.shape[-1]))
@@ -71,10 +77,28 @@ class GrowableLayer(DynamicLayer):
 
 
 def new_stream_cache(config: Any) -> DynamicCache:
-    """A dynamic cache for this model's layer types, full-attention layers made growable."""
+    """A cache of growable layers, one per decoder layer.
+
+    Sliding-window layers become full ones too: the engine keeps every sequence within the
+    narrowest window (`attention_limit`), where the two attend alike, and [CLS] rows must be
+    croppable, which a window that has started to slide is not.
+    """
     cache = DynamicCache(config=config)
-    cache.layers = [GrowableLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache.layers = [GrowableLayer() if type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) else layer
+                    for layer in cache.layers]
     return cache
+
+
+def attention_limit(config: Any) -> int | None:
+    """The narrowest sliding window among the model's layers (None if all attend fully)."""
+    windows = [int(layer.sliding_window) for layer in DynamicCache(config=config).layers
+               if isinstance(layer, DynamicSlidingWindowLayer)]
+    return min(windows) if windows else None
+
+
+def capacity_tokens(tokens: int) -> int:
+    """`tokens` rounded up to whole blocks (a growable layer's capacity, for memory accounting)."""
+    return -(-tokens // BLOCK_TOKENS) * BLOCK_TOKENS
 
 
 def truncate(cache: DynamicCache, length: int) -> None:
@@ -93,18 +117,22 @@ def layer_kv(cache: DynamicCache, layer_idx: int) -> tuple[torch.Tensor, torch.T
 
 
 class BatchScratch:
-    """Two flat buffers reused by every layer of every batched pass (grown, never shrunk)."""
+    """Two flat buffers reused by every layer of every batched pass (grown as needed; the
+    server releases them when it goes idle, so one wide pass does not pin memory)."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+
+    def release(self) -> None:
+        self._buffers.clear()
 
     def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         numel = 1
         for size in shape:
             numel *= size
         buffer = self._buffers.get(name)
-        stale = buffer is None or buffer.dtype != like.dtype or buffer.device != like.device
-        if stale or buffer is None or buffer.numel() < numel:
+        fits = buffer is not None and buffer.numel() >= numel
+        if buffer is None or not fits or (buffer.dtype, buffer.device) != (like.dtype, like.device):
             buffer = torch.zeros(numel, dtype=like.dtype, device=like.device)
             self._buffers[name] = buffer
         return buffer[:numel].view(shape)

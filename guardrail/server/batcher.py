@@ -163,7 +163,8 @@ class Batcher:
         while True:
             try:
                 first = self._queue.get(timeout=idle_wait)
-            except queue.Empty:  # idle: what finished sessions freed goes back too
+            except queue.Empty:  # idle: drop the pass scratch; what sessions freed goes back too
+                self.model.release_scratch()
                 self.trimmer.maybe_trim()
                 continue
             if first is None:
@@ -181,6 +182,7 @@ class Batcher:
                     break
                 jobs.append(job)
             self._execute(jobs)
+            self.trimmer.mark()
             self.trimmer.maybe_trim()  # between passes; it trims every thread's arena
             if self._stopping and self._queue.empty():
                 self._fail_pending()
@@ -214,7 +216,7 @@ class Batcher:
                 log.exception("model step failed")
                 group[0].loop.call_soon_threadsafe(_resolve, group[0].future, None, exc)
                 return
-            # isolate the failing stream; caches are only updated after a pass succeeds
+            # isolate the failing stream; a failed pass rolls its caches back
             log.exception("batched pass failed; retrying its %d streams one by one", len(group))
             for job in group:
                 self._run_group([job])

@@ -30,23 +30,29 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 class HeapTrimmer:
-    """`maybe_trim()` after each unit of work; trims when `interval_s` has passed (0: never)."""
+    """`mark()` after work that may have freed memory, `maybe_trim()` between units of work:
+    trims when something was marked and `interval_s` has passed since the last trim (0: never)."""
 
     def __init__(self, interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self.clock = clock
         self._trim = _load_malloc_trim() if interval_s > 0 else None
         self._last = clock()
+        self._dirty = False
         self.trims = 0
+
+    def mark(self) -> None:
+        self._dirty = True
 
     @property
     def available(self) -> bool:
         return self._trim is not None
 
     def maybe_trim(self) -> bool:
-        if self._trim is None or self.clock() - self._last < self.interval_s:
+        if self._trim is None or not self._dirty or self.clock() - self._last < self.interval_s:
             return False
         self._trim(0)
         self._last = self.clock()
+        self._dirty = False
         self.trims += 1
         return True

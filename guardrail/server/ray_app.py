@@ -276,6 +276,13 @@ class GuardrailIngress:
                     return
         if scope["type"] != "http":
             return
+        root = scope.get("root_path") or ""
+        if root and scope["path"] == root:  # /prefix -> /prefix/, so the page's relative links resolve
+            query = scope.get("query_string", b"").decode("latin-1")
+            location = root + "/" + (f"?{query}" if query else "")
+            headers = {"location": location, REPLICA_HEADER: self.name}
+            await send_json(send, 307, {"location": location}, headers)
+            return
         body = await self._read_body(scope, receive)
         path = app_path(scope)
         found = session_owner(path)

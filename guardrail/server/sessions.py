@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guardrail.model.engine import SafetyModel
+from guardrail.model.kvcache import capacity_tokens
 from guardrail.server.errors import APIError
 from guardrail.server.metrics import Metrics
 from guardrail.server.moderation import SteppedSession
@@ -60,7 +61,8 @@ class SessionStore:
         return len(self._entries)
 
     def memory_bytes(self) -> int:
-        return sum(e.session.cached_tokens for e in self._entries.values()) * self.bytes_per_token
+        tokens = sum(capacity_tokens(e.session.cached_tokens) for e in self._entries.values())
+        return int(tokens * self.bytes_per_token * 1.1)  # caches hold whole blocks and some slack
 
     def add(self, session: SteppedSession) -> SessionEntry:
         """Register a session, evicting the least recently used ones to stay in bounds."""
