@@ -146,6 +146,12 @@ def test_failed_batched_pass_leaves_caches_unchanged(tiny: SafetyModel) -> None:
         assert "layer failed" in str(exc)
     else:
         raise AssertionError("the pass should have failed")
+    try:
+        tiny.step(caches[0], [5, 6], check=ClsQuery(seen=before[0] + 2, prompt_len=before[0]))
+    except RuntimeError:
+        pass  # a single stream's pass rolls back too
+    else:
+        raise AssertionError("the single pass should have failed")
     finally:
         del last_layer.forward
     assert [c.get_seq_length() for c in caches] == before and fresh.get_seq_length() == 0

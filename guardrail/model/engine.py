@@ -26,7 +26,7 @@ from guardrail.model.kvcache import (
     StreamBatchLayer,
     attention_limit,
     new_stream_cache,
-    truncate,
+    rolled_back_on_error,
 )
 from guardrail.model.masks import ClsQuery, cls_visibility, strategic_mask, strategic_positions
 
@@ -159,26 +159,24 @@ class SafetyModel(nn.Module):
             device=embeds.device,
         )
         positions = strategic_positions(past, n_new, cls_queries or [[] for _ in range(batch)], embeds.device)
-        try:
-            with self._lock, self._cls_rows(n_cls):
-                out = self.decoder(
-                    inputs_embeds=embeds,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=True,
-                    **{self._cache_kw: cache},
-                )
+        with rolled_back_on_error([cache], [past]):
+            hidden = self._decode(embeds, mask, positions, cache, n_cls)
             if n_cls:
                 cache.crop(-n_cls)
-            hidden = out.last_hidden_state
             logits = None
             if logits_at:
                 logits = self.lm_head(hidden[:, logits_at]).float()
             cls_hidden = hidden[:, n_new:] if n_cls else None
-        except BaseException:
-            truncate(cache, past)  # a failed pass leaves no trace, so it can be retried
-            raise
         return logits, cls_hidden
+
+    def _decode(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Cache,
+                n_cls: int) -> torch.Tensor:
+        """One decoder pass with the [CLS] adapters on the last `n_cls` rows; final hidden states."""
+        with self._lock, self._cls_rows(n_cls):
+            out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                               use_cache=True, **{self._cache_kw: cache})
+        hidden: torch.Tensor = out.last_hidden_state
+        return hidden
 
     @torch.inference_mode()
     def step(
@@ -299,16 +297,8 @@ class SafetyModel(nn.Module):
         streams = [r.cache for r in requests]
         batch_view = Cache(layers=[StreamBatchLayer(streams, layer_idx, pasts, news, big_past, self._scratch)
                                    for layer_idx in range(len(self.decoder.layers))])
-        try:
-            with self._lock, self._cls_rows(n_cls):
-                out = self.decoder(
-                    inputs_embeds=embeds,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=True,
-                    **{self._cache_kw: batch_view},
-                )
-            hidden = out.last_hidden_state
+        with rolled_back_on_error(streams, pasts):
+            hidden = self._decode(embeds, mask, positions, batch_view, n_cls)
             outputs = []
             for b, r in enumerate(requests):
                 logits = None
@@ -318,8 +308,4 @@ class SafetyModel(nn.Module):
                 if r.check is not None:
                     score = float(self.head.unsafe_probability(hidden[b, n_new]))
                 outputs.append(StepOutput(logits, score))
-        except BaseException:
-            for r, past in zip(requests, pasts, strict=True):  # a failed pass leaves no trace
-                truncate(r.cache, past)
-            raise
         return outputs

@@ -11,6 +11,8 @@ reused scratch buffer, so a pass allocates (almost) nothing.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -99,6 +101,17 @@ def attention_limit(config: Any) -> int | None:
 def capacity_tokens(tokens: int) -> int:
     """`tokens` rounded up to whole blocks (a growable layer's capacity, for memory accounting)."""
     return -(-tokens // BLOCK_TOKENS) * BLOCK_TOKENS
+
+
+@contextlib.contextmanager
+def rolled_back_on_error(caches: list[DynamicCache], lengths: list[int]) -> Iterator[None]:
+    """A pass that fails leaves every cache as it was, so the pass can be retried."""
+    try:
+        yield
+    except BaseException:
+        for cache, length in zip(caches, lengths, strict=True):
+            truncate(cache, length)
+        raise
 
 
 def truncate(cache: DynamicCache, length: int) -> None:
