@@ -54,3 +54,18 @@ def test_a_long_stream_is_reallocated_a_logarithmic_number_of_times() -> None:
         buffers.add(layer._key_buffer.data_ptr())
     assert layer.get_seq_length() == 2000
     assert len(buffers) <= 25  # 16 -> 2000 growing by >= 1.25x: about 22 buffers, not 125
+
+
+def test_held_tokens_count_the_room_to_grow() -> None:
+    from transformers import LlamaConfig
+
+    from guardrail.model.kvcache import held_tokens, new_stream_cache
+
+    config = LlamaConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    cache = new_stream_cache(config)
+    assert held_tokens(cache) == 0
+    for layer_idx in range(2):
+        states = torch.randn(1, 1, 20, 4)
+        cache.update(states, states, layer_idx)
+    assert cache.get_seq_length() == 20
+    assert held_tokens(cache) == 32  # two blocks: memory is accounted by what is allocated

@@ -150,13 +150,13 @@ def test_session_store_ttl_lru_and_memory() -> None:
     metrics = Metrics()
     store = SessionStore(max_sessions=3, ttl_s=10, max_bytes=1000, bytes_per_token=10, metrics=metrics,
                          clock=lambda: now[0])
-    a, b, c = (store.add(_Stub(16)) for _ in range(3))  # type: ignore[arg-type]  # each counts 16 tokens + 10% slack
+    a, b, c = (store.add(_Stub(20)) for _ in range(3))  # type: ignore[arg-type]
     store.get(a.id)  # a is now most recent; b is the LRU
-    d = store.add(_Stub(16))  # type: ignore[arg-type]
+    d = store.add(_Stub(20))  # type: ignore[arg-type]
     with pytest.raises(Exception, match="evicted") as err:
         store.get(b.id)
     assert err.value.status == 410  # type: ignore[attr-defined]
-    big = store.add(_Stub(64))  # type: ignore[arg-type]
+    big = store.add(_Stub(90))  # type: ignore[arg-type]
     assert store.memory_bytes() <= 1000 and store.get(big.id)
     with pytest.raises(Exception, match="too many"):
         store.get(c.id)

@@ -42,6 +42,10 @@ class GrowableLayer(DynamicLayer):
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
 
+    @property
+    def capacity(self) -> int:
+        return 0 if self._key_buffer is None else int(self._key_buffer.shape[-2])
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
@@ -67,7 +71,7 @@ class GrowableLayer(DynamicLayer):
         return length == 0 or (self.keys is not None and self.keys.data_ptr() == buffer.data_ptr())
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, end: int) -> None:
-        capacity = capacity_tokens(max(end, int(length * GROWTH)))
+        capacity = _whole_blocks(max(end, int(length * GROWTH)))
         batch, heads, _, key_dim = key_states.shape
         keys = key_states.new_empty((batch, heads, capacity, key_dim))
         values = value_states.new_empty((batch, heads, capacity, value_states.shape[-1]))
@@ -98,9 +102,17 @@ def attention_limit(config: Any) -> int | None:
     return min(windows) if windows else None
 
 
-def capacity_tokens(tokens: int) -> int:
-    """`tokens` rounded up to whole blocks (a growable layer's capacity, for memory accounting)."""
+def _whole_blocks(tokens: int) -> int:
     return -(-tokens // BLOCK_TOKENS) * BLOCK_TOKENS
+
+
+def held_tokens(cache: DynamicCache) -> int:
+    """Token slots the cache occupies, slack included (every layer grows alike): what its
+    memory is accounted by."""
+    layer = cache.layers[0] if cache.layers else None
+    if isinstance(layer, GrowableLayer):
+        return layer.capacity
+    return cache.get_seq_length()
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TypeVar
 
+from guardrail.model.kvcache import held_tokens
 from guardrail.model.prompts import PromptInput
 from guardrail.model.session import ModerationState, SessionClosedError, StepPlan
 from guardrail.server.batcher import Batcher
@@ -59,8 +60,9 @@ class SteppedSession:
 
     @property
     def cached_tokens(self) -> int:
-        """Tokens whose keys and values this session holds (none once it is closed)."""
-        return 0 if self.state.closed else self.state.prompt_len + self.state.in_cache
+        """Token slots of keys and values this session holds, room to grow included (none
+        once it is closed)."""
+        return 0 if self.state.closed else held_tokens(self.state.cache)
 
     async def start(self, prompt: PromptInput) -> Verdict:
         """Prefill the prompt with its check riding in the same pass."""

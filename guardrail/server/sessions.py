@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guardrail.model.engine import SafetyModel
-from guardrail.model.kvcache import capacity_tokens
 from guardrail.server.errors import APIError
 from guardrail.server.metrics import Metrics
 from guardrail.server.moderation import SteppedSession
@@ -61,8 +60,7 @@ class SessionStore:
         return len(self._entries)
 
     def memory_bytes(self) -> int:
-        tokens = sum(capacity_tokens(e.session.cached_tokens) for e in self._entries.values())
-        return int(tokens * self.bytes_per_token * 1.1)  # caches hold whole blocks and some slack
+        return sum(e.session.cached_tokens for e in self._entries.values()) * self.bytes_per_token
 
     def add(self, session: SteppedSession) -> SessionEntry:
         """Register a session, evicting the least recently used ones to stay in bounds."""
