@@ -57,17 +57,18 @@ class ChatGuardrail(BaseChatModel):
                 "config": self.config.model_dump() if self.config is not None else None}
 
     # -- helpers -------------------------------------------------------------------------------
-    def _request(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def _start(self, guard: Any, messages: list[BaseMessage], stop: list[str] | None,
+               kwargs: dict[str, Any]) -> tuple[Any, _Outcome]:
+        """The guard's event stream for these messages (sync or async, as the guard is), and
+        the state that turns its events into chunks."""
         prompt = messages_to_prompt(messages)
         if prompt is None:
             raise ValueError("ChatGuardrail needs at least one message")
         params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
                   "config": self.config, **kwargs}
-        return prompt, params
-
-    def _effective_config(self, guard: Any, params: dict[str, Any]) -> GuardConfig | None:
         config = params.get("config") or getattr(guard, "config", None)
-        return config if isinstance(config, GuardConfig) else None
+        state = _Outcome(config if isinstance(config, GuardConfig) else None, stop, params["max_new_tokens"])
+        return guard.generate(prompt, **params), state
 
     # -- sync ------------------------------------------------------------------------------------
     def _generate(
@@ -86,15 +87,11 @@ class ChatGuardrail(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        guard = resolve_guard(self.guard)
-        prompt, params = self._request(messages, kwargs)
-        state = _Outcome(self._effective_config(guard, params), stop, params["max_new_tokens"])
-        events = guard.generate(prompt, **params)
+        events, state = self._start(resolve_guard(self.guard), messages, stop, kwargs)
         try:
             for event in events:
-                text = state.push(event)
-                if text:
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if (released := state.push(event)) is not None:
+                    yield released
                 if state.stopped:
                     break
         finally:
@@ -126,14 +123,11 @@ class ChatGuardrail(BaseChatModel):
             async for chunk in super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
                 yield chunk
             return
-        prompt, params = self._request(messages, kwargs)
-        state = _Outcome(self._effective_config(self.guard, params), stop, params["max_new_tokens"])
-        events = self.guard.generate(prompt, **params)
+        events, state = self._start(self.guard, messages, stop, kwargs)
         try:
             async for event in events:
-                text = state.push(event)
-                if text:
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if (released := state.push(event)) is not None:
+                    yield released
                 if state.stopped:
                     break
         finally:
@@ -156,9 +150,11 @@ class _Outcome:
         self.last_score: float | None = None
         self.checks = 0
 
-    def push(self, event: Any) -> str:
+    def push(self, event: Any) -> ChatGenerationChunk | None:
+        """Record one event; the chunk of text it releases, if any."""
         if isinstance(event, TokenEvent):
-            return self._release(event.text)
+            text = self._release(event.text)
+            return ChatGenerationChunk(message=AIMessageChunk(content=text)) if text else None
         if isinstance(event, ScoreEvent):
             self.last_score = event.score
             self.checks += 1
@@ -166,7 +162,7 @@ class _Outcome:
             self.intercept = event
         elif isinstance(event, DoneEvent):
             self.done = event
-        return ""
+        return None
 
     def _release(self, text: str) -> str:
         """Text up to a stop sequence; the last few characters wait in case one spans chunks."""
