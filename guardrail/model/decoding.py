@@ -303,6 +303,14 @@ def _refuse(stream: _Stream, eos: set[int], guard: bool) -> Generator[Work | Gen
             yield TokenEvent(index=len(stream.response) + len(refusal_ids), text=piece)
 
 
+def advance(plan: GenerationPlan, answer: Any) -> Work | GenerationEvent | None:
+    """Hand the plan the answer to its last item and take its next one (None when it is done)."""
+    try:
+        return plan.send(answer)
+    except StopIteration:
+        return None
+
+
 def generate_events(
     model: SafetyModel,
     prompt: PromptInput,
@@ -318,11 +326,7 @@ def generate_events(
     inputs = encode_inputs(model, prompt, prefill, params)
     plan = generation_plan(model, inputs, config, params, guard=guard, started=started)
     answer: Any = None
-    while True:
-        try:
-            item = plan.send(answer)
-        except StopIteration:
-            return
+    while (item := advance(plan, answer)) is not None:
         answer = None
         if isinstance(item, Forward):
             r = item.request

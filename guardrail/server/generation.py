@@ -20,6 +20,7 @@ from guardrail.model.decoding import (
     Forward,
     Sampler,
     SamplingParams,
+    advance,
     encode_inputs,
     generation_plan,
 )
@@ -51,11 +52,7 @@ class SteppedGeneration:
         plan = generation_plan(model, inputs, self.config, params, guard=self.guard, started=started)
         sampler = Sampler(params)
         answer: Any = None
-        while True:
-            try:
-                item = plan.send(answer)
-            except StopIteration:
-                return
+        while (item := advance(plan, answer)) is not None:
             answer = None
             if isinstance(item, Forward):
                 pick = functools.partial(sampler.pick, sample=item.sample)
