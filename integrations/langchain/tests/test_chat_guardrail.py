@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -16,30 +13,19 @@ from langchain_core.prompts import ChatPromptTemplate
 from guardrail import Guard, GuardConfig
 from guardrail.client import AsyncGuardrailClient
 from guardrail.server import Settings, create_app
+from guardrail.server.background import BackgroundServer
 from langchain_guardrail import ChatGuardrail, GuardrailCallbackHandler
 
-ROOT = Path(__file__).resolve().parents[3]
 QUESTION = {"question": "How do I keep a basil plant alive on a windowsill?"}
 LENIENT = GuardConfig(threshold=1.0, tau=1)  # no score reaches 1.0: nothing is flagged
 STRICT = GuardConfig(threshold=0.0, tau=1, check_prompt=True, action="stop")  # the request is cut
 TOKENS = 24
 
 
-def _server_support() -> ModuleType:
-    """The root suite's uvicorn-in-a-thread helper, loaded by path."""
-    spec = importlib.util.spec_from_file_location("guardrail_server_support",
-                                                  ROOT / "tests" / "test_server_support.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sidecar_url(base_guard: Guard) -> Iterator[str]:
     """A real `guardrail serve` app on a free loopback port, serving the real default model."""
-    server_thread = _server_support().ServerThread
-    with server_thread(create_app(Settings(), base_guard.model)) as server:
+    with BackgroundServer(create_app(Settings(), base_guard.model)) as server:
         yield server.url
 
 
