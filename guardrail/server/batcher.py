@@ -26,6 +26,7 @@ log = logging.getLogger("guardrail.server")
 T = TypeVar("T")
 
 SMALL_STEP = 8  # steps this short always share a pass; longer ones group with similar lengths
+IDLE_S = 1.0  # an idle worker releases its pass scratch and trims the heap (when due) this often
 
 
 class QueueFullError(RuntimeError):
@@ -159,10 +160,9 @@ class Batcher:
 
     # -- worker side --------------------------------------------------------------------------
     def _run(self) -> None:
-        idle_wait = self.trimmer.interval_s if self.trimmer.available else None
         while True:
             try:
-                first = self._queue.get(timeout=idle_wait)
+                first = self._queue.get(timeout=IDLE_S)
             except queue.Empty:  # idle: drop the pass scratch; what sessions freed goes back too
                 self.model.release_scratch()
                 self.trimmer.maybe_trim()
