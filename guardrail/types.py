@@ -5,7 +5,8 @@ One set of types keeps the embedded `Guard` and the sidecar client interchangeab
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +22,15 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Role
     content: str
+
+
+PromptInput = str | Sequence[ChatMessage | dict[str, Any]]
+"""A request: a plain string (one user turn) or chat messages."""
+
+
+def label_for(score: float, threshold: float) -> Label:
+    """The one labelling rule every surface uses: unsafe when the score reaches the threshold."""
+    return "unsafe" if score >= threshold else "safe"
 
 
 class Verdict(BaseModel):
@@ -53,6 +63,19 @@ class GuardConfig(BaseModel):
         None, ge=1, description="[CLS] sees only this many most recent response tokens."
     )
     check_prompt: bool = True
+
+    def overriding(self, base: GuardConfig) -> GuardConfig:
+        """`base` with only the fields this config set explicitly replaced.
+
+        A client that sends `{"tau": 5}` keeps the server's calibrated threshold: a partial
+        config overrides the fields it names and nothing else.
+        """
+        return base.model_copy(update={name: getattr(self, name) for name in self.model_fields_set})
+
+
+def merge_config(base: GuardConfig, override: GuardConfig | None) -> GuardConfig:
+    """The effective config: `base` (the calibrated default) with `override`'s set fields."""
+    return base if override is None else override.overriding(base)
 
 
 class TokenEvent(BaseModel):
