@@ -71,13 +71,14 @@ class Sidecar:
 
     def __init__(self, *args: str, model: Path | None = None, head: Path | None = None,
                  port: int | None = None, env: dict[str, str] | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, relaxable: bool = True) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = list(args)
         self.model, self.head = model, head
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = log_path
+        self.relaxable = relaxable  # labels here are pinned by lax configs (threshold 1.0, hold-back 0)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -87,6 +88,8 @@ class Sidecar:
             cmd += ["--model", str(self.model)]
         if self.head is not None:
             cmd += ["--head", str(self.head)]
+        if self.relaxable:
+            cmd.append("--allow-request-relaxation")
         return cmd + self.args
 
     def start(self, ready_timeout: float = 120.0) -> Sidecar:

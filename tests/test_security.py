@@ -26,7 +26,8 @@ FLAG_NONE = {"threshold": 1.0, "tau": 1, "hold_back": 0}
 
 @pytest.fixture(scope="module")
 def keyed(tokenizer: Any) -> Iterator[tuple[ServerThread, Any]]:
-    app = create_app(Settings(api_key=KEY, max_body_bytes=4096, max_session_tokens=40), make_model(tokenizer))
+    app = create_app(Settings(api_key=KEY, max_body_bytes=4096, max_session_tokens=40,
+                              allow_request_relaxation=True), make_model(tokenizer))
     with ServerThread(app) as srv:
         yield srv, app
 
@@ -165,7 +166,7 @@ def test_no_prompt_or_response_text_in_logs_spans_or_metrics(tokenizer: Any,
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     caplog.set_level(logging.DEBUG)  # every logger, every level
-    with ServerThread(create_app(Settings(), make_model(tokenizer))) as srv:
+    with ServerThread(create_app(Settings(allow_request_relaxation=True), make_model(tokenizer))) as srv:
         guard = instrument(Guard(backend=srv.url, config=GuardConfig(**FLAG_NONE)), tracer_provider=provider)
         text = f"before {sentinel} after"
         guard.check_prompt(text)

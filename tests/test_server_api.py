@@ -23,7 +23,7 @@ STRICT = {"tau": 1, "hold_back": 1, "threshold": 0.5}
 
 @pytest.fixture(scope="module")
 def server(backend: SidecarBackend) -> Iterator[RunningSidecar]:
-    with backend.serve(Settings(max_body_bytes=4096)) as running:
+    with backend.serve(Settings(max_body_bytes=4096, allow_request_relaxation=True)) as running:
         yield running
 
 

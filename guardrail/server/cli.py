@@ -35,6 +35,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
                        help="allow browser requests from this origin (repeatable; default: no CORS)")
     serve.add_argument("--heap-trim-interval", type=float, default=2.0, metavar="SECONDS",
                        help="return freed heap memory to the OS at most this often (0: off)")
+    serve.add_argument("--allow-request-relaxation", action="store_true",
+                       help="let a request's config make the guard laxer than the server's defaults "
+                            "(by default a request may only make it stricter)")
     serve.add_argument("--log-text", action="store_true",
                        help="log prompt and response text (off by default)")
     serve.add_argument("--log-level", default="info")
@@ -66,6 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
         max_new_tokens=args.max_new_tokens, log_text=args.log_text, cors_origins=args.cors_origin,
         heap_trim_interval_s=args.heap_trim_interval,
+        allow_request_relaxation=getattr(args, "allow_request_relaxation", False),
     )
     level = getattr(logging, args.log_level.upper(), logging.INFO)
     logging.basicConfig(level=logging.DEBUG if args.log_text else level,

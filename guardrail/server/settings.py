@@ -34,6 +34,9 @@ class Settings(BaseModel):
     max_session_tokens: int = Field(32768, ge=1, description="Response tokens one session may receive.")
     heap_trim_interval_s: float = Field(2.0, ge=0, description="Return freed heap memory to the OS at "
                                         "most this often (seconds; 0 turns it off).")
+    allow_request_relaxation: bool = Field(False, description="Let a request's config make the guard "
+                                           "laxer than the server's (higher threshold or tau, less "
+                                           "hold-back, sparser checks, no prompt check).")
     log_text: bool = False
     cors_origins: list[str] = Field(default_factory=list,
                                     description="Origins allowed to call from a browser; none by default.")

@@ -13,11 +13,12 @@ from fastapi import Depends, Request
 from guardrail.model.engine import SafetyModel
 from guardrail.server.batcher import Batcher
 from guardrail.server.errors import APIError
+from guardrail.server.floor import relaxations
 from guardrail.server.metrics import Metrics
 from guardrail.server.sessions import SessionStore, kv_bytes_per_token
 from guardrail.server.settings import Settings
 from guardrail.server.tokenizing import TokenizerThread
-from guardrail.types import GuardConfig
+from guardrail.types import GuardConfig, merge_config
 
 log = logging.getLogger("guardrail.server")
 
@@ -60,10 +61,20 @@ class ServerState:
                            headers={"Retry-After": "1"})
         return self.batcher, self.sessions
 
-    def config_for(self, override: GuardConfig | None) -> GuardConfig:
-        """The request's config, or the server's; a [CLS] window wider than the context is no window."""
-        config = override if override is not None else self.config
+    def config_for(self, override: GuardConfig | None, *, field: str = "config") -> GuardConfig:
+        """The server's calibrated config with the fields the request named replaced.
+
+        A request may make the guard stricter, never laxer (422 `config_not_allowed` naming the
+        field and the server's value), unless the operator allows relaxation. A [CLS] window
+        wider than the context is no window. `field` names the request's config in errors.
+        """
+        config = merge_config(self.config, override)
         limit = self.model.max_context if self.model is not None else None
+        if override is not None and not self.settings.allow_request_relaxation:
+            laxer = relaxations(self.config, config, max_context=limit)
+            if laxer:
+                raise APIError(422, "; ".join(r.message(field) for r in laxer), code="config_not_allowed",
+                               param=f"{field}.{laxer[0].field}")
         if config.window is not None and limit is not None and config.window > limit:
             config = config.model_copy(update={"window": limit})  # same visibility, no overflow
         return config

@@ -13,7 +13,7 @@ from guardrail.model.prompts import PromptInput, clean_text, encode_prompt, enco
 from guardrail.server.routes.common import ERRORS
 from guardrail.server.schemas import CheckRequest
 from guardrail.server.state import StateDep
-from guardrail.types import GuardConfig, Verdict
+from guardrail.types import GuardConfig, Verdict, label_for
 
 router = APIRouter(tags=["check"])
 log = logging.getLogger("guardrail.server")
@@ -38,8 +38,8 @@ def encode_check(model: SafetyModel, prompt: PromptInput, response: str | None,
 async def check(body: CheckRequest, state: StateDep) -> Verdict:
     """Is this request (and response) unsafe? Concurrent checks share forward passes."""
     batcher, _ = state.require()
-    batcher.admit()
     config = state.config_for(body.config)
+    batcher.admit()
     started = time.perf_counter()
     model = batcher.model
     ids, query = await state.text.run(lambda: encode_check(model, body.conversation, body.response, config))
@@ -48,5 +48,5 @@ async def check(body: CheckRequest, state: StateDep) -> Verdict:
     elapsed = time.perf_counter() - started
     state.metrics.verdict_seconds.observe(elapsed, kind="check")
     log.debug("check prompt=%s score=%.3f", state.text_for_log(body.conversation), score)
-    return Verdict(label="unsafe" if score >= config.threshold else "safe", score=score,
+    return Verdict(label=label_for(score, config.threshold), score=score,
                    threshold=config.threshold, tokens=query.seen, latency_ms=elapsed * 1000)

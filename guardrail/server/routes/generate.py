@@ -32,11 +32,12 @@ async def generate(body: GenerateRequest, state: StateDep) -> EventSourceRespons
     if body.max_new_tokens > state.settings.max_new_tokens:
         raise APIError(422, f"max_new_tokens must be <= {state.settings.max_new_tokens}",
                        param="max_new_tokens", code="too_many_tokens")
-    to_messages(body.conversation)  # InputError (400) before the stream starts
+    to_messages(body.conversation)  # InputError before the stream starts
+    config = state.config_for(body.config)
     batcher.admit()
     params = SamplingParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature,
                             top_p=body.top_p, seed=body.seed)
-    gen = SteppedGeneration(batcher, state.text, body.conversation, state.config_for(body.config), params,
+    gen = SteppedGeneration(batcher, state.text, body.conversation, config, params,
                             prefill=body.prefill, guard=body.guard)
     log.debug("generate prompt=%s", state.text_for_log(body.conversation))
 

@@ -25,8 +25,8 @@ async def create_session(body: SessionCreateRequest, state: StateDep) -> Session
     """Prefill the prompt into a KV cache kept on the server; returns the prompt's verdict."""
     batcher, store = state.require()
     to_messages(body.conversation)
-    batcher.admit()
     config = state.config_for(body.config)
+    batcher.admit()
     session = SteppedSession(batcher, state.text, config)
     verdict = await session.start(body.conversation)
     entry = store.add(session)
