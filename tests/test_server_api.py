@@ -68,7 +68,7 @@ def test_check_prompt_messages_and_response(http: httpx.Client) -> None:
     (b'{"prompt": "caf\xe9"}', 400, "UTF-8"),
     (b'{"prompt": 3}', 422, "prompt"),
     (b'{"prompt": "x", "messages": [{"role": "user", "content": "x"}]}', 422, "exactly one"),
-    (b'{"prompt": "   "}', 400, "empty"),
+    (b'{"prompt": "   "}', 422, "empty"),
     (b'{"prompt": [{"role": "wizard", "content": "x"}]}', 422, "role"),
     (b'[1, 2]', 400, "JSON object"),
     (b'{"prompt": "x", "bogus": 1}', 422, "bogus"),

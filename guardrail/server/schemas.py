@@ -5,11 +5,61 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict
 
 PromptBody = str | list[ChatMessage]
 MIN_TEMPERATURE = 1e-3
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+LONE_SURROGATE = "lone_surrogate"
+
+
+def lone_surrogate(value: object, path: str = "") -> tuple[str, int, str] | None:
+    """The first string under `value` holding a lone surrogate: (field path, index, code point).
+
+    JSON can carry `"\\ud800"` alone; Python keeps it, but it is no Unicode text: a tokenizer
+    cannot encode it and it must not reach one.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return path or "body", exc.start, f"U+{ord(value[exc.start]):04X}"
+        return None
+    items: list[tuple[str, object]]
+    if isinstance(value, BaseModel):
+        items = [(k, getattr(value, k)) for k in type(value).model_fields]
+        items += list((value.model_extra or {}).items())
+    elif isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return None
+    for key, item in items:
+        found = lone_surrogate(item, f"{path}.{key}" if path else key)
+        if found is not None:
+            return found
+    return None
+
+
+class ValidUnicode(BaseModel):
+    """A request body whose every string field is valid Unicode (422 naming the field otherwise).
+
+    Reusable: any request model that inherits it gets the check over all its fields, nested
+    messages and content parts included.
+    """
+
+    @model_validator(mode="after")
+    def _no_lone_surrogates(self) -> Any:
+        found = lone_surrogate(self)
+        if found is not None:
+            field, index, code = found
+            raise PydanticCustomError(
+                LONE_SURROGATE, "{field}: lone surrogate {code} at index {index}; text must be valid Unicode",
+                {"field": field, "index": index, "code": code})
+        return self
 
 
 def _greedy_below_floor(value: float | None) -> float | None:
@@ -29,7 +79,7 @@ def _top_p_floor(value: float | None) -> float | None:
     return value
 
 
-class _PromptRequest(BaseModel):
+class _PromptRequest(ValidUnicode):
     """A request given as `prompt` (a string or chat messages) or as `messages`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,12 +103,12 @@ class CheckRequest(_PromptRequest):
 
 
 class GenerateRequest(_PromptRequest):
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: int = Field(128, ge=1, le=INT64_MAX)
     prefill: str | None = None
     guard: bool = True
     temperature: float = Field(0.0, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     config: GuardConfig | None = None
 
     _temperature = field_validator("temperature")(_greedy_below_floor)
@@ -76,7 +126,7 @@ class SessionCreated(BaseModel):
     ttl_s: float
 
 
-class ChunkRequest(BaseModel):
+class ChunkRequest(ValidUnicode):
     model_config = ConfigDict(extra="forbid")
     text: str
 
