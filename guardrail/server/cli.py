@@ -31,6 +31,14 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
     serve.add_argument("--max-new-tokens", type=int, default=1024,
                        help="upper bound on one generation's length (generate and chat)")
+    serve.add_argument("--max-prompt-tokens", type=int, default=4096,
+                       help="tokens a prompt may have; a longer one is refused with 413, never cut")
+    serve.add_argument("--max-session-tokens", type=int, default=32768,
+                       help="response tokens one moderation session may receive (413 above)")
+    serve.add_argument("--max-check-batch", type=int, default=64,
+                       help="items one batched /v1/check may carry (413 above)")
+    serve.add_argument("--graceful-shutdown", type=float, default=5.0, metavar="SECONDS",
+                       help="on SIGTERM, how long in-flight requests may finish before they are cancelled")
     serve.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                        help="allow browser requests from this origin (repeatable; default: no CORS)")
     serve.add_argument("--heap-trim-interval", type=float, default=2.0, metavar="SECONDS",
@@ -70,6 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, log_text=args.log_text, cors_origins=args.cors_origin,
         heap_trim_interval_s=args.heap_trim_interval,
         allow_request_relaxation=getattr(args, "allow_request_relaxation", False),
+        max_prompt_tokens=getattr(args, "max_prompt_tokens", None),
+        max_session_tokens=getattr(args, "max_session_tokens", None),
+        max_check_batch=getattr(args, "max_check_batch", None),
+        graceful_shutdown_s=getattr(args, "graceful_shutdown", None),
     )
     level = getattr(logging, args.log_level.upper(), logging.INFO)
     logging.basicConfig(level=logging.DEBUG if args.log_text else level,
@@ -82,5 +94,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return serve_on_ray(args, settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=args.log_level, access_log=args.log_text)
+                log_level=args.log_level, access_log=args.log_text,
+                timeout_graceful_shutdown=max(1, round(settings.graceful_shutdown_s)))
     return 0

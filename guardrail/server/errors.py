@@ -75,9 +75,11 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
                               "(sent with Content-Type: application/json)", code="malformed_json")
     parts, params = [], []
     for e in errors[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        path = [str(p) for p in e.get("loc", ()) if p != "body"]
+        field = (e.get("ctx") or {}).get("field")  # set by validators that check a whole body
+        where = ".".join([*path, str(field)] if field else path) or "body"
         parts.append(f"{where}: {e.get('msg', 'invalid')}".removeprefix("body: "))
-        params.append(str((e.get("ctx") or {}).get("field") or where))
+        params.append(where)
     return error_response(422, "; ".join(parts), code="invalid_fields", param=params[0] if params else None)
 
 

@@ -56,8 +56,8 @@ class ValidUnicode(BaseModel):
         found = lone_surrogate(self)
         if found is not None:
             field, index, code = found
-            raise PydanticCustomError(
-                LONE_SURROGATE, "{field}: lone surrogate {code} at index {index}; text must be valid Unicode",
+            raise PydanticCustomError(  # the error handler puts the field's path in front
+                LONE_SURROGATE, "lone surrogate {code} at index {index}; text must be valid Unicode",
                 {"field": field, "index": index, "code": code})
         return self
 
@@ -97,9 +97,33 @@ class _PromptRequest(ValidUnicode):
         return self.prompt if self.prompt is not None else (self.messages or [])
 
 
-class CheckRequest(_PromptRequest):
+class CheckItem(_PromptRequest):
+    """One check of a batch: a prompt (or messages), and optionally a response."""
+
     response: str | None = Field(None, description="A response to check together with the prompt.")
+
+
+class CheckRequest(CheckItem):
+    """One check (`prompt` or `messages`, optional `response`), or a `batch` of them."""
+
     config: GuardConfig | None = None
+    batch: list[CheckItem] | None = Field(None, min_length=1, description="Several checks, answered in "
+                                          "order as `{\"results\": [Verdict, ...]}`; all use `config`.")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Any:
+        given = [name for name in ("prompt", "messages", "batch") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'prompt', 'messages' or 'batch'")
+        if self.batch is not None and self.response is not None:
+            raise ValueError("with 'batch', give each item's 'response' inside the item")
+        return self
+
+
+class CheckResults(BaseModel):
+    """The verdicts of a batched check, in the order of the batch."""
+
+    results: list[Verdict]
 
 
 class GenerateRequest(_PromptRequest):

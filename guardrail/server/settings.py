@@ -31,7 +31,13 @@ class Settings(BaseModel):
     max_queue: int = Field(256, ge=1, description="Pending model steps before new work gets 429.")
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_new_tokens: int = Field(1024, ge=1, description="Upper bound on a generation's length.")
-    max_session_tokens: int = Field(32768, ge=1, description="Response tokens one session may receive.")
+    max_session_tokens: int = Field(32768, ge=1, description="Response tokens one session may receive "
+                                    "(checked before each chunk and at close, before any model work).")
+    max_prompt_tokens: int = Field(4096, ge=1, description="Tokens a request's prompt may have; a longer "
+                                   "one is refused (413), never cut, so nothing in it goes unchecked.")
+    max_check_batch: int = Field(64, ge=1, description="Items one batched /v1/check may carry (413 above).")
+    graceful_shutdown_s: float = Field(5.0, ge=0, description="On SIGTERM, seconds in-flight requests get "
+                                       "before they are cancelled.")
     heap_trim_interval_s: float = Field(2.0, ge=0, description="Return freed heap memory to the OS at "
                                         "most this often (seconds; 0 turns it off).")
     allow_request_relaxation: bool = Field(False, description="Let a request's config make the guard "

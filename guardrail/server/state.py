@@ -11,14 +11,16 @@ import httpx
 from fastapi import Depends, Request
 
 from guardrail.model.engine import SafetyModel
+from guardrail.model.prompts import PromptInput, encode_prompt, encode_text
 from guardrail.server.batcher import Batcher
 from guardrail.server.errors import APIError
 from guardrail.server.floor import relaxations
 from guardrail.server.metrics import Metrics
+from guardrail.server.moderation import SteppedSession
 from guardrail.server.sessions import SessionStore, kv_bytes_per_token
 from guardrail.server.settings import Settings
 from guardrail.server.tokenizing import TokenizerThread
-from guardrail.types import GuardConfig, merge_config
+from guardrail.types import ChatMessage, GuardConfig, merge_config
 
 log = logging.getLogger("guardrail.server")
 
@@ -36,12 +38,14 @@ class ServerState:
     load_error: str | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     session_id_prefix: str = "sess_"
+    longest_token_chars: int = 0  # no token covers more characters than this (0: unknown)
 
     def attach(self, model: SafetyModel) -> None:
         """Put a loaded model behind a fresh batcher and session store."""
         s = self.settings
         self.model = model
         self.config = GuardConfig(threshold=float(model.head.config.threshold))
+        self.longest_token_chars = longest_token_chars(model)
         self.batcher = Batcher(model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
                                max_queue=s.max_queue, metrics=self.metrics,
                                heap_trim_interval_s=s.heap_trim_interval_s)
@@ -79,11 +83,85 @@ class ServerState:
             config = config.model_copy(update={"window": limit})  # same visibility, no overflow
         return config
 
+    async def prompt_ids(self, prompt: PromptInput, *, field: str = "prompt") -> list[int]:
+        """The prompt's token ids, or 413 `prompt_too_long` naming the limit.
+
+        A prompt over the budget is refused rather than cut: a cut prompt (its start and end
+        kept, as training fits long texts) would let text hidden in its middle go unchecked.
+        One that certainly exceeds it (more characters than the budget's tokens can cover) is
+        refused before any tokenizer work, so a 1 MB prompt costs nothing.
+        """
+        limit = self.settings.max_prompt_tokens
+        chars = prompt_chars(prompt)
+        if self.longest_token_chars and chars > limit * self.longest_token_chars:
+            raise _prompt_too_long(field, f"{chars} characters", limit)
+        assert self.model is not None
+        tokenizer = self.model.tokenizer
+        ids = await self.text.run(lambda: encode_prompt(tokenizer, prompt))
+        if len(ids) > limit:
+            raise _prompt_too_long(field, f"{len(ids)} tokens", limit)
+        return ids
+
+    async def within_session_limit(self, session: SteppedSession, text: str, *, closing: bool) -> None:
+        """413 `session_too_long` when the session's response, with this chunk (or at close, its
+        unfinished tail), would pass `max_session_tokens`: checked before any state changes.
+
+        Every token is at least one byte, so a session far from the limit is not tokenised twice;
+        near it, the pending text and the chunk are counted exactly (the same tokens the
+        incremental tokenizer will commit, since pending text starts at a word boundary).
+        """
+        limit = self.settings.max_session_tokens
+        held = len(session.response)
+        what = "closing it" if closing else "this chunk"
+        if held >= limit and not closing:
+            raise _session_too_long(f"session exceeded {limit} response tokens", limit)
+        tail = session.state.tokens.pending + text
+        if held + len(tail.encode("utf-8", "surrogatepass")) <= limit:
+            return
+        if self.longest_token_chars and held + len(tail) / self.longest_token_chars > limit:
+            count = limit + 1  # certainly over: no need to tokenise
+        else:
+            assert self.model is not None
+            tokenizer = self.model.tokenizer
+            count = await self.text.run(lambda: len(encode_text(tokenizer, tail)))
+        if held + count > limit:
+            raise _session_too_long(f"{what} would take the session past its {limit} response tokens "
+                                    f"(max_session_tokens)", limit)
+
     def text_for_log(self, text: object) -> str:
         """Prompt and response text appears in logs only when --log-text is given."""
         if not self.settings.log_text:
             return f"<{len(str(text))} chars>"
         return repr(text)[:2000]
+
+
+def prompt_chars(prompt: PromptInput) -> int:
+    """Characters of text in a prompt (a string or chat messages)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    total = 0
+    for message in prompt:
+        content = message.content if isinstance(message, ChatMessage) else message.get("content")
+        total += len(content) if isinstance(content, str) else 0
+    return total
+
+
+def longest_token_chars(model: SafetyModel) -> int:
+    """The most characters one vocabulary entry spells (byte-level entries spell one per byte)."""
+    try:
+        vocab = model.tokenizer.get_vocab()
+    except Exception:  # a tokenizer without a vocabulary listing: no character shortcut
+        return 0
+    return max((len(token) for token in vocab), default=0)
+
+
+def _prompt_too_long(field: str, size: str, limit: int) -> APIError:
+    return APIError(413, f"{field} is {size}, over the limit of {limit} tokens (max_prompt_tokens); "
+                    "shorten it", code="prompt_too_long", param=field)
+
+
+def _session_too_long(message: str, limit: int) -> APIError:
+    return APIError(413, message, code="session_too_long", param="max_session_tokens")
 
 
 def get_state(request: Request) -> ServerState:

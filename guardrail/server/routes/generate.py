@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
 from guardrail.model.decoding import SamplingParams
@@ -14,7 +14,7 @@ from guardrail.model.prompts import to_messages
 from guardrail.server.errors import APIError, error_body
 from guardrail.server.generation import SteppedGeneration
 from guardrail.server.metrics import tracked
-from guardrail.server.routes.common import ERRORS
+from guardrail.server.routes.common import ERRORS, unless_disconnected
 from guardrail.server.schemas import GenerateRequest
 from guardrail.server.state import StateDep
 from guardrail.types import InterceptEvent
@@ -27,13 +27,14 @@ log = logging.getLogger("guardrail.server")
     "content": {"text/event-stream": {}},
     "description": "SSE: `event: token|score|intercept|done`, `data:` the event as JSON",
 }})
-async def generate(body: GenerateRequest, state: StateDep) -> EventSourceResponse:
+async def generate(body: GenerateRequest, state: StateDep, request: Request) -> EventSourceResponse:
     batcher, _ = state.require()
     if body.max_new_tokens > state.settings.max_new_tokens:
         raise APIError(422, f"max_new_tokens must be <= {state.settings.max_new_tokens}",
                        param="max_new_tokens", code="too_many_tokens")
     to_messages(body.conversation)  # InputError before the stream starts
     config = state.config_for(body.config)
+    await unless_disconnected(request, state.prompt_ids(body.conversation))  # 413 over the budget
     batcher.admit()
     params = SamplingParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature,
                             top_p=body.top_p, seed=body.seed)

@@ -26,6 +26,7 @@ async def create_session(body: SessionCreateRequest, state: StateDep) -> Session
     batcher, store = state.require()
     to_messages(body.conversation)
     config = state.config_for(body.config)
+    await state.prompt_ids(body.conversation)  # 413 over the prompt budget, before any model work
     batcher.admit()
     session = SteppedSession(batcher, state.text, config)
     verdict = await session.start(body.conversation)
@@ -39,9 +40,8 @@ async def _run(state: ServerState, session_id: str, closing: bool, text: str = "
     batcher, store = state.require()
     entry = store.get(session_id)
     session = entry.session
-    if not closing and len(session.response) >= state.settings.max_session_tokens:
-        raise APIError(413, f"session exceeded {state.settings.max_session_tokens} response tokens",
-                       code="session_too_long")
+    if not session.closed:  # a closed session answers 409 below, whatever its length
+        await state.within_session_limit(session, text, closing=closing)
     batcher.admit()
     started = time.perf_counter()
     # Shielded: a client that disconnects mid-chunk must not leave the session half-advanced.
