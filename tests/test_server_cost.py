@@ -138,7 +138,8 @@ def test_sigterm_with_a_request_in_flight_exits_within_seconds(tiny_dirs: tuple[
 
         def ask() -> None:
             try:
-                answers.append(httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60).status_code)
+                url = srv.url + "/v1/chat/completions"
+                answers.append(httpx.post(url, json=body, timeout=60).status_code)
             except httpx.HTTPError:
                 answers.append(0)
 
