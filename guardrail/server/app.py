@@ -14,7 +14,13 @@ from fastapi.middleware.cors import CORSMiddleware
 import guardrail
 from guardrail.model.engine import SafetyModel
 from guardrail.server.errors import add_error_handlers
-from guardrail.server.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from guardrail.server.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    HostAllowListMiddleware,
+    MetricsMiddleware,
+    RouteLabeler,
+)
 from guardrail.server.routes import chat, check, generate, health, sessions, ui
 from guardrail.server.settings import Settings
 from guardrail.server.state import ServerState
@@ -66,7 +72,10 @@ def create_app(settings: Settings | None = None, safety_model: SafetyModel | Non
     if settings.cors_origins:  # off unless asked for: a browser page elsewhere cannot call the API
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["authorization", "content-type"])
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: sees 401 and 413 too
+    if not settings.api_key:  # no key: only requests addressed to this server's names (DNS rebinding)
+        app.add_middleware(HostAllowListMiddleware, allowed=settings.host_allow_list())
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics,  # outermost: sees 401, 413, 421 too
+                       labeler=RouteLabeler(app.router))
     return app
 
 

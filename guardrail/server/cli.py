@@ -43,6 +43,12 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
                        help="allow browser requests from this origin (repeatable; default: no CORS)")
     serve.add_argument("--heap-trim-interval", type=float, default=2.0, metavar="SECONDS",
                        help="return freed heap memory to the OS at most this often (0: off)")
+    serve.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                       help="without an API key, also accept requests addressed to this host name "
+                            "(repeatable; loopback names and --host always are; '*': any)")
+    serve.add_argument("--tracing", action=argparse.BooleanOptionalAction, default=None,
+                       help="server spans joined to the caller's traceparent (default: on when an "
+                            "OpenTelemetry SDK tracer provider is configured)")
     serve.add_argument("--allow-request-relaxation", action="store_true",
                        help="let a request's config make the guard laxer than the server's defaults "
                             "(by default a request may only make it stricter)")
@@ -82,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_session_tokens=getattr(args, "max_session_tokens", None),
         max_check_batch=getattr(args, "max_check_batch", None),
         graceful_shutdown_s=getattr(args, "graceful_shutdown", None),
+        allowed_hosts=getattr(args, "allowed_host", None), tracing=getattr(args, "tracing", None),
     )
     level = getattr(logging, args.log_level.upper(), logging.INFO)
     logging.basicConfig(level=logging.DEBUG if args.log_text else level,

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request metrics, bearer auth, body size and UTF-8 limits.
+"""Pure ASGI middleware: request metrics, host allow-list, bearer auth, body size and UTF-8 limits.
 
 Written at the ASGI level so streaming responses pass through untouched and a rejected
 request never reaches the routes (or the model).
@@ -11,8 +11,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from starlette.routing import BaseRoute, Mount, Route, Router, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.server.errors import error_body
@@ -21,7 +23,8 @@ from guardrail.server.metrics import Metrics
 log = logging.getLogger("guardrail.server")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 PUBLIC_PREFIXES = ("/static/",)  # the chat page and its assets; they hold no data
-_SESSION_PATH = re.compile(r"^/v1/sessions/[^/]+")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any],
@@ -33,15 +36,50 @@ async def send_json(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": payload})
 
 
-def route_label(path: str) -> str:
-    """A low-cardinality route name: session ids are replaced by a placeholder."""
-    return _SESSION_PATH.sub("/v1/sessions/{id}", path)
+def route_templates(routes: Sequence[BaseRoute], prefix: str = "") -> list[str]:
+    """Every path template the app serves (`/v1/sessions/{session_id}/chunks`), included
+    routers and mounts too."""
+    found: list[str] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:  # a FastAPI router included under a prefix
+            context = getattr(route, "include_context", None)
+            found += route_templates(inner.routes, prefix + (getattr(context, "prefix", "") or ""))
+        elif isinstance(route, Mount):
+            found.append(prefix + route.path + "/{path:path}")
+        elif isinstance(route, Route):
+            found.append(prefix + route.path)
+    return found
+
+
+class RouteLabeler:
+    """The matched route template of a path, or `unmatched`: metric labels and log lines stay
+    few and never carry what a client put in a path (ids, junk, control characters)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+
+    def __call__(self, path: str) -> str:
+        if self._patterns is None:  # routes are all registered by the first request
+            self._patterns = [(compile_path(t)[0], t.replace("/{path:path}", "/{path}"))
+                              for t in route_templates(self.router.routes)]
+        for pattern, template in self._patterns:
+            if pattern.match(path):
+                return template
+        return UNMATCHED
+
+
+def escape_for_log(text: str, limit: int = 200) -> str:
+    """A client-chosen string made safe for one log line: control characters escaped, cut short."""
+    return ascii(text[:limit])[1:-1]
 
 
 class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, labeler: RouteLabeler) -> None:
         self.app = app
         self.metrics = metrics
+        self.labeler = labeler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,7 +87,8 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
-        route = route_label(scope["path"])
+        route = self.labeler(scope["path"])
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
 
         async def record(message: Message) -> None:
             nonlocal status
@@ -61,9 +100,45 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record)
         finally:
-            self.metrics.requests.inc(method=scope["method"], route=route, status=str(status))
-            log.info("%s %s -> %d (%.1f ms)", scope["method"], route, status,
-                     (time.perf_counter() - started) * 1000)
+            self.metrics.requests.inc(method=method, route=route, status=str(status))
+            shown = route if route != UNMATCHED else f"{UNMATCHED} '{escape_for_log(scope['path'])}'"
+            log.info("%s %s -> %d (%.1f ms)", method, shown, status, (time.perf_counter() - started) * 1000)
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class HostAllowListMiddleware:
+    """Without an API key, answer only requests addressed to an allowed host name (421 otherwise).
+
+    A page on another site can make a browser resolve its own name to 127.0.0.1 (DNS
+    rebinding) and then call this server as if same-origin; its requests still carry that
+    site's name in `Host`, so an allow-list of the names this server is known by stops them.
+    The health probes stay open (they hold no data). `*` in the list turns the check off.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(h.lower().strip("[]") for h in allowed)
+        self.any = "*" in self.allowed
+
+    def _host(self, scope: Scope) -> str:
+        raw = dict(scope["headers"]).get(b"host", b"").decode("latin-1").strip().lower()
+        if raw.startswith("["):  # [::1]:8000
+            return raw[1:].partition("]")[0]
+        return raw.rpartition(":")[0] if raw.count(":") == 1 else raw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.any or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        host = self._host(scope)
+        if host not in self.allowed:
+            message = (f"host {escape_for_log(host, 100)!r} is not served here; without an API key only "
+                       "the allowed host names are (guardrail serve --allowed-host NAME)")
+            await send_json(send, 421, error_body(message, code="host_not_allowed"))
+            return
+        await self.app(scope, receive, send)
 
 
 class AuthMiddleware:

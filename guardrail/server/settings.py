@@ -47,6 +47,15 @@ class Settings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list,
                                     description="Origins allowed to call from a browser; none by default.")
     model_name: str = "guardrail"
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names requests may be "
+                                     "addressed to when no API key is set, besides the loopback names "
+                                     "and the bound host ('*': any).")
+    tracing: bool | None = Field(None, description="Server spans joined to the caller's W3C trace "
+                                 "context; None: on when an OpenTelemetry SDK tracer provider is set.")
+
+    def host_allow_list(self) -> list[str]:
+        """The names a request may address without an API key: loopback, the bound host, extras."""
+        return sorted({"127.0.0.1", "localhost", "::1", self.host, *self.allowed_hosts})
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

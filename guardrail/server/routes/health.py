@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse, Response
 
 from guardrail.server.state import StateDep
 
@@ -27,7 +29,8 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: StateDep) -> PlainTextResponse:
-    """Prometheus text exposition format 0.0.4."""
-    return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+@router.get("/metrics", response_class=Response)
+async def metrics(state: StateDep, accept: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus text format, or OpenMetrics when the scraper's Accept header asks for it."""
+    body, content_type = state.metrics.exposition(accept)
+    return Response(body, media_type=content_type)
