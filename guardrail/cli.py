@@ -40,7 +40,9 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
 def _guard(args: argparse.Namespace) -> Any:
     from guardrail.guard import Guard
 
-    guard = Guard(args.model, args.head, device=args.device, dtype=args.dtype)
+    backend = getattr(args, "backend", None)
+    guard = Guard(backend=backend) if backend else Guard(args.model, args.head, device=args.device,
+                                                         dtype=args.dtype)
     updates = {
         key: getattr(args, key, None)
         for key in ("threshold", "strategy", "period", "tau", "hold_back", "action", "window")
@@ -106,26 +108,60 @@ class _AtomicOutput:
 def cmd_check(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.input is None):
         raise CliError("give either TEXT or --input FILE.jsonl")
+    if args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1")
     rows = (
         list(_read_jsonl(Path(args.input)))
         if args.input
         else [(1, {"prompt": args.text, "response": args.response})]
     )
     guard = _guard(args)
+    with _AtomicOutput(args.output) as out:
+        for start in range(0, len(rows), args.batch_size):
+            batch = rows[start : start + args.batch_size]
+            for verdict in _check_rows(guard, batch, args.input):
+                out.write(json.dumps(verdict.model_dump()) + "\n")
+    return 0
+
+
+def _check_rows(guard: Any, rows: list[tuple[int, dict[str, Any]]], source: str | None) -> list[Any]:
+    """Verdicts for one group of lines, in their order.
+
+    A guard with batch methods (`check_prompts`, `check_responses`: one request or one batched
+    pass for the group) gets the group at once; otherwise each line is checked in turn. A
+    failing group is re-checked line by line, so the error names its line.
+    """
     from guardrail.model.prompts import InputError
 
-    with _AtomicOutput(args.output) as out:
-        for number, row in rows:
-            try:
-                if row.get("response"):
-                    verdict = guard.check_response(row["prompt"], row["response"])
-                else:
-                    verdict = guard.check_prompt(row["prompt"])
-            except InputError as exc:
-                where = f"{args.input}:{number}: " if args.input else ""
-                raise CliError(f"{where}{exc}") from exc
-            out.write(json.dumps(verdict.model_dump()) + "\n")
-    return 0
+    pairs = [i for i, (_, row) in enumerate(rows) if row.get("response")]
+    prompts = [i for i, (_, row) in enumerate(rows) if not row.get("response")]
+    batched_prompts = getattr(guard, "check_prompts", None)
+    batched_pairs = getattr(guard, "check_responses", None)
+    if len(rows) > 1 and callable(batched_prompts) and callable(batched_pairs):
+        verdicts: list[Any] = [None] * len(rows)
+        try:
+            if prompts:
+                for i, verdict in zip(prompts, batched_prompts([rows[i][1]["prompt"] for i in prompts]),
+                                      strict=True):
+                    verdicts[i] = verdict
+            if pairs:
+                items = [(rows[i][1]["prompt"], rows[i][1]["response"]) for i in pairs]
+                for i, verdict in zip(pairs, batched_pairs(items), strict=True):
+                    verdicts[i] = verdict
+            return verdicts
+        except (InputError, ValueError):
+            pass  # find the line below
+    results = []
+    for number, row in rows:
+        try:
+            if row.get("response"):
+                results.append(guard.check_response(row["prompt"], row["response"]))
+            else:
+                results.append(guard.check_prompt(row["prompt"]))
+        except (InputError, ValueError) as exc:
+            where = f"{source}:{number}: " if source else ""
+            raise CliError(f"{where}{exc}") from exc
+    return results
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -189,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--response", default=None, help="a response to check with the prompt")
     check.add_argument("--input", default=None, help='JSONL file of {"prompt", "response"?} lines')
     check.add_argument("--output", default=None, help="write JSONL here (default: stdout)")
+    check.add_argument("--batch-size", type=int, default=16,
+                       help="lines checked together (one batched request to a sidecar)")
+    check.add_argument("--backend", default=None, metavar="URL",
+                       help="check through a running sidecar (guardrail serve) instead of a local model")
     _add_model_args(check)
     check.set_defaults(func=cmd_check)
 

@@ -50,17 +50,18 @@ def error_response(status: int, message: str, *, type: str = "invalid_request_er
     return APIError(status, message, type=type, code=code, headers=headers, param=param).response()
 
 
-def input_error(exc: InputError) -> APIError:
+def input_error(exc: InputError, field: str | None = None) -> APIError:
     """The one mapping of the engine's input errors: a limit (an `InputError` carrying `limit`)
-    is 413 naming it; any other input the engine cannot work on is 422 naming the problem."""
+    is 413 naming it; any other input the engine cannot work on is 422 naming the problem.
+    `field`, when the caller knows it, is named in front of the message."""
     limit = getattr(exc, "limit", None)
-    message = str(exc)
+    message = f"{field}: {exc}" if field else str(exc)
     if limit is not None:
         if str(limit) not in message:
             message = f"{message} (limit: {limit})"
         return APIError(413, message, code=getattr(exc, "code", None) or "limit_exceeded",
-                        param=getattr(exc, "param", None))
-    return APIError(422, message, code="invalid_input", param=getattr(exc, "param", None))
+                        param=field or getattr(exc, "param", None))
+    return APIError(422, message, code="invalid_input", param=field or getattr(exc, "param", None))
 
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:

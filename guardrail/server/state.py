@@ -91,15 +91,22 @@ class ServerState:
         One that certainly exceeds it (more characters than the budget's tokens can cover) is
         refused before any tokenizer work, so a 1 MB prompt costs nothing.
         """
+        self.precheck_prompt(prompt, field=field)
+        return await self.text.run(lambda: self.encode_prompt_within_budget(prompt, field=field))
+
+    def precheck_prompt(self, prompt: PromptInput, *, field: str = "prompt") -> None:
+        """413 at once for a prompt with more characters than the budget's tokens can spell."""
         limit = self.settings.max_prompt_tokens
         chars = prompt_chars(prompt)
         if self.longest_token_chars and chars > limit * self.longest_token_chars:
             raise _prompt_too_long(field, f"{chars} characters", limit)
+
+    def encode_prompt_within_budget(self, prompt: PromptInput, *, field: str = "prompt") -> list[int]:
+        """Tokenise (call on the tokenizer thread); 413 when the ids exceed the budget."""
         assert self.model is not None
-        tokenizer = self.model.tokenizer
-        ids = await self.text.run(lambda: encode_prompt(tokenizer, prompt))
-        if len(ids) > limit:
-            raise _prompt_too_long(field, f"{len(ids)} tokens", limit)
+        ids = encode_prompt(self.model.tokenizer, prompt)
+        if len(ids) > self.settings.max_prompt_tokens:
+            raise _prompt_too_long(field, f"{len(ids)} tokens", self.settings.max_prompt_tokens)
         return ids
 
     async def within_session_limit(self, session: SteppedSession, text: str, *, closing: bool) -> None:

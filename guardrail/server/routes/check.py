@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.masks import ClsQuery
-from guardrail.model.prompts import PromptInput, clean_text, encode_text, fit_prompt
-from guardrail.server.errors import APIError
+from guardrail.model.prompts import InputError, PromptInput, clean_text, encode_text, fit_prompt
+from guardrail.server.errors import APIError, input_error
 from guardrail.server.routes.common import ERRORS, unless_disconnected
 from guardrail.server.schemas import CheckItem, CheckRequest, CheckResults
 from guardrail.server.state import ServerState, StateDep
@@ -36,46 +36,69 @@ def encode_check(model: SafetyModel, prompt_ids: list[int], response: str | None
     return prompt_ids + response_ids, query
 
 
-async def check_one(state: ServerState, prompt: PromptInput, response: str | None, config: GuardConfig,
-                    *, field: str = "prompt") -> Verdict:
+async def check_one(state: ServerState, prompt: PromptInput, response: str | None,
+                    config: GuardConfig) -> Verdict:
     """Tokenise on the tokenizer thread (413 over the prompt budget), score in a batched pass."""
+    return (await _score(state, [(prompt, response)], config))[0]
+
+
+async def _score(state: ServerState, items: list[tuple[PromptInput, str | None]], config: GuardConfig,
+                 fields: list[str] | None = None) -> list[Verdict]:
+    """Verdicts for (prompt, response) pairs, in order.
+
+    All items are tokenised in one tokenizer-thread call, then their steps are queued to the
+    batcher together, shortest first, so they share forward passes with little padding.
+    """
     assert state.batcher is not None
-    batcher = state.batcher
+    batcher, model = state.batcher, state.batcher.model
+    names = fields or ["prompt"] * len(items)
     started = time.perf_counter()
-    prompt_ids = await state.prompt_ids(prompt, field=field)
-    model = batcher.model
-    ids, query = await state.text.run(lambda: encode_check(model, prompt_ids, response, config))
-    out: StepOutput = await batcher.step(StepRequest(model.new_cache(), ids, query, False))
-    score = float(out.score or 0.0)
+    for (prompt, _), field in zip(items, names, strict=True):
+        state.precheck_prompt(prompt, field=field)
+
+    def encode(prompt: PromptInput, response: str | None, field: str) -> tuple[list[int], ClsQuery]:
+        try:
+            ids = state.encode_prompt_within_budget(prompt, field=field)
+        except InputError as exc:  # name the item it came from
+            raise input_error(exc, field) from exc
+        try:
+            return encode_check(model, ids, response, config)
+        except InputError as exc:
+            where = field.rpartition(".")[0] + ".response" if "." in field else "response"
+            raise input_error(exc, where) from exc
+
+    def encode_all() -> list[tuple[list[int], ClsQuery]]:
+        return [encode(prompt, response, field)
+                for (prompt, response), field in zip(items, names, strict=True)]
+
+    encoded = await state.text.run(encode_all)
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))
+    steps = {i: asyncio.ensure_future(batcher.step(StepRequest(model.new_cache(), *encoded[i], False)))
+             for i in order}
+    try:
+        outputs: dict[int, StepOutput] = dict(zip(steps, await asyncio.gather(*steps.values()), strict=True))
+    except BaseException:
+        for step in steps.values():
+            step.cancel()  # the client is gone or a pass failed: drop what has not run yet
+        raise
     elapsed = time.perf_counter() - started
-    state.metrics.verdict_seconds.observe(elapsed, kind="check")
-    log.debug("check prompt=%s score=%.3f", state.text_for_log(prompt), score)
-    return Verdict(label=label_for(score, config.threshold), score=score, threshold=config.threshold,
-                   tokens=query.seen, latency_ms=elapsed * 1000)
+    verdicts = []
+    for i in range(len(items)):
+        score = float(outputs[i].score or 0.0)
+        state.metrics.verdict_seconds.observe(elapsed, kind="check")
+        verdicts.append(Verdict(label=label_for(score, config.threshold), score=score,
+                                threshold=config.threshold, tokens=encoded[i][1].seen,
+                                latency_ms=elapsed * 1000))
+    log.debug("check %d item(s) prompt=%s", len(items), state.text_for_log(items[0][0]))
+    return verdicts
 
 
 async def check_batch(state: ServerState, items: list[CheckItem], config: GuardConfig) -> CheckResults:
-    """Every item checked concurrently, so the batcher merges their passes; answers in order.
-
-    Submitted shortest first: passes group steps of similar length, so little is padded.
-    """
-    order = sorted(range(len(items)), key=lambda i: _size(items[i]))
-    tasks = {i: asyncio.ensure_future(check_one(state, items[i].conversation, items[i].response, config,
-                                                field=f"batch.{i}.prompt"))
-             for i in order}
-    try:
-        await asyncio.gather(*tasks.values())
-    except BaseException:
-        for task in tasks.values():
-            task.cancel()  # one item refused or the client gone: the rest are not worth scoring
-        raise
-    return CheckResults(results=[tasks[i].result() for i in range(len(items))])
-
-
-def _size(item: CheckItem) -> int:
-    text = item.conversation if isinstance(item.conversation, str) else \
-        "".join(m.content for m in item.conversation)
-    return len(text) + len(item.response or "")
+    """One verdict per item, in the batch's order."""
+    pairs: list[tuple[PromptInput, str | None]] = [(item.conversation, item.response) for item in items]
+    fields = [f"batch.{i}.{'prompt' if item.prompt is not None else 'messages'}"
+              for i, item in enumerate(items)]
+    return CheckResults(results=await _score(state, pairs, config, fields))
 
 
 @router.post("/v1/check", response_model=Verdict | CheckResults, responses=ERRORS)
@@ -94,4 +117,6 @@ async def check(body: CheckRequest, state: StateDep, request: Request) -> Verdic
     batcher.admit()
     if body.batch is not None:
         return await unless_disconnected(request, check_batch(state, body.batch, config))
-    return await unless_disconnected(request, check_one(state, body.conversation, body.response, config))
+    field = "prompt" if body.prompt is not None else "messages"
+    single = _score(state, [(body.conversation, body.response)], config, [field])
+    return (await unless_disconnected(request, single))[0]
