@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -24,14 +25,21 @@ from guardrail.server.middleware import (
 from guardrail.server.routes import chat, check, generate, health, sessions, ui
 from guardrail.server.settings import Settings
 from guardrail.server.state import ServerState
+from guardrail.server.tracing import instrument_app
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("guardrail.server")
 
 
-def create_app(settings: Settings | None = None, safety_model: SafetyModel | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, safety_model: SafetyModel | None = None, *,
+               tracer_provider: TracerProvider | None = None) -> FastAPI:
     """Build the sidecar app; loads the model in the background unless one is given.
 
-    Liveness answers at once; readiness (and the model routes) wait for the model.
+    Liveness answers at once; readiness (and the model routes) wait for the model. With
+    tracing on (`tracer_provider` given, `Settings.tracing`, or an SDK provider configured),
+    server spans join the caller's `traceparent`.
     """
     settings = settings or Settings()
     state = ServerState(settings)
@@ -76,6 +84,7 @@ def create_app(settings: Settings | None = None, safety_model: SafetyModel | Non
         app.add_middleware(HostAllowListMiddleware, allowed=settings.host_allow_list())
     app.add_middleware(MetricsMiddleware, metrics=state.metrics,  # outermost: sees 401, 413, 421 too
                        labeler=RouteLabeler(app.router))
+    state.tracer = instrument_app(app, settings, tracer_provider)
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 from fastapi import Depends, Request
@@ -21,6 +21,9 @@ from guardrail.server.sessions import SessionStore, kv_bytes_per_token
 from guardrail.server.settings import Settings
 from guardrail.server.tokenizing import TokenizerThread
 from guardrail.types import ChatMessage, GuardConfig, merge_config
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("guardrail.server")
 
@@ -39,6 +42,7 @@ class ServerState:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     session_id_prefix: str = "sess_"
     longest_token_chars: int = 0  # no token covers more characters than this (0: unknown)
+    tracer: Tracer | None = None  # set when tracing is on
 
     def attach(self, model: SafetyModel) -> None:
         """Put a loaded model behind a fresh batcher and session store."""

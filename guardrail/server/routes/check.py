@@ -15,6 +15,7 @@ from guardrail.server.errors import APIError, input_error
 from guardrail.server.routes.common import ERRORS, unless_disconnected
 from guardrail.server.schemas import CheckItem, CheckRequest, CheckResults
 from guardrail.server.state import ServerState, StateDep
+from guardrail.server.tracing import span
 from guardrail.types import GuardConfig, Verdict, label_for
 
 router = APIRouter(tags=["check"])
@@ -71,12 +72,16 @@ async def _score(state: ServerState, items: list[tuple[PromptInput, str | None]]
         return [encode(prompt, response, field)
                 for (prompt, response), field in zip(items, names, strict=True)]
 
-    encoded = await state.text.run(encode_all)
+    with span(state.tracer, "guardrail.check.tokenize", {"guardrail.items": len(items)}):
+        encoded = await state.text.run(encode_all)
     order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))
     steps = {i: asyncio.ensure_future(batcher.step(StepRequest(model.new_cache(), *encoded[i], False)))
              for i in order}
+    attributes = {"guardrail.items": len(items), "guardrail.tokens": sum(len(ids) for ids, _ in encoded)}
     try:
-        outputs: dict[int, StepOutput] = dict(zip(steps, await asyncio.gather(*steps.values()), strict=True))
+        with span(state.tracer, "guardrail.check.score", attributes):  # batching wait + forward pass
+            done = await asyncio.gather(*steps.values())
+        outputs: dict[int, StepOutput] = dict(zip(steps, done, strict=True))
     except BaseException:
         for step in steps.values():
             step.cancel()  # the client is gone or a pass failed: drop what has not run yet
