@@ -114,5 +114,10 @@ def test_limit_errors_are_413_naming_the_limit() -> None:
 
     limited = input_error(TooLong("session holds too many tokens", 32768))
     assert limited.status == 413 and "32768" in limited.message and limited.code == "limit_exceeded"
+    class LimitError(InputError):  # the engine's limit error: its message names the limit
+        pass
+
+    named = input_error(LimitError("the response would exceed this session's limit of 40 tokens"))
+    assert named.status == 413 and "40 tokens" in named.message
     plain = input_error(InputError("text is empty"))
     assert plain.status == 422 and plain.code == "invalid_input"

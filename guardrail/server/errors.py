@@ -51,13 +51,16 @@ def error_response(status: int, message: str, *, type: str = "invalid_request_er
 
 
 def input_error(exc: InputError, field: str | None = None) -> APIError:
-    """The one mapping of the engine's input errors: a limit (an `InputError` carrying `limit`)
-    is 413 naming it; any other input the engine cannot work on is 422 naming the problem.
-    `field`, when the caller knows it, is named in front of the message."""
+    """The one mapping of the engine's input errors.
+
+    A limit (the engine's `LimitError`, or any `InputError` carrying `limit`) is 413 naming it;
+    any other input the engine cannot work on is 422 naming the problem. `field`, when the
+    caller knows it, is named in front of the message.
+    """
     limit = getattr(exc, "limit", None)
     message = f"{field}: {exc}" if field else str(exc)
-    if limit is not None:
-        if str(limit) not in message:
+    if limit is not None or any(cls.__name__ == "LimitError" for cls in type(exc).__mro__):
+        if limit is not None and str(limit) not in message:
             message = f"{message} (limit: {limit})"
         return APIError(413, message, code=getattr(exc, "code", None) or "limit_exceeded",
                         param=field or getattr(exc, "param", None))
