@@ -32,7 +32,8 @@ def upstream() -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def sidecar(upstream: ServerThread) -> Iterator[ServerThread]:
-    with ServerThread(create_app(Settings(upstream=upstream.url + "/v1", allow_request_relaxation=True))) as srv:
+    settings = Settings(upstream=upstream.url + "/v1", allow_request_relaxation=True)
+    with ServerThread(create_app(settings)) as srv:
         deadline = time.time() + 120
         with httpx.Client(base_url=srv.url) as c:
             assert c.get("/healthz").status_code == 200  # alive while the model loads
