@@ -20,6 +20,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Malformed request (bad JSON, invalid UTF-8, not a JSON object)"),
         (401, "Missing or invalid API key"),
         (413, "Request body, prompt, batch or session over its limit (the message names it)"),
+        (421, "Host not allowed (no API key is set and the Host header names another server)"),
         (422, "Wrong field types or values, text the guard cannot read, or a config laxer than "
               "the server's"),
         (429, "Model queue full; retry after Retry-After seconds"),
