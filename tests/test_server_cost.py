@@ -156,3 +156,15 @@ def test_sigterm_with_a_request_in_flight_exits_within_seconds(tiny_dirs: tuple[
         srv.proc.wait(timeout=30)
         assert time.monotonic() - started < 6, "shutdown waited for the stalled request"
         asker.join(timeout=5)
+
+
+def test_prompt_budget_is_capped_at_half_the_context(tokenizer: Any) -> None:
+    """No accepted prompt is ever cut: the budget is at most the room a prompt has before a response."""
+    model = make_model(tokenizer)
+    half = model.max_context // 2
+    with ServerThread(create_app(Settings(max_prompt_tokens=10 * half), model)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c:
+        response = c.post("/v1/sessions", json={"prompt": "please " * (half + 10)})
+        assert response.status_code == 413
+        assert f"limit of {half} tokens" in response.json()["error"]["message"]
+        assert c.post("/v1/sessions", json={"prompt": "please " * (half // 2)}).status_code == 201

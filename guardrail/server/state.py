@@ -98,9 +98,16 @@ class ServerState:
         self.precheck_prompt(prompt, field=field)
         return await self.text.run(lambda: self.encode_prompt_within_budget(prompt, field=field))
 
+    @property
+    def prompt_token_limit(self) -> int:
+        """`max_prompt_tokens`, capped at half the model's context: the room a prompt has when a
+        response follows it, so no accepted prompt is ever cut to fit."""
+        limit = self.settings.max_prompt_tokens
+        return min(limit, self.model.max_context // 2) if self.model is not None else limit
+
     def precheck_prompt(self, prompt: PromptInput, *, field: str = "prompt") -> None:
         """413 at once for a prompt with more characters than the budget's tokens can spell."""
-        limit = self.settings.max_prompt_tokens
+        limit = self.prompt_token_limit
         chars = prompt_chars(prompt)
         if self.longest_token_chars and chars > limit * self.longest_token_chars:
             raise _prompt_too_long(field, f"{chars} characters", limit)
@@ -109,8 +116,8 @@ class ServerState:
         """Tokenise (call on the tokenizer thread); 413 when the ids exceed the budget."""
         assert self.model is not None
         ids = encode_prompt(self.model.tokenizer, prompt)
-        if len(ids) > self.settings.max_prompt_tokens:
-            raise _prompt_too_long(field, f"{len(ids)} tokens", self.settings.max_prompt_tokens)
+        if len(ids) > self.prompt_token_limit:
+            raise _prompt_too_long(field, f"{len(ids)} tokens", self.prompt_token_limit)
         return ids
 
     async def within_session_limit(self, session: SteppedSession, text: str, *, closing: bool) -> None:
@@ -167,8 +174,8 @@ def longest_token_chars(model: SafetyModel) -> int:
 
 
 def _prompt_too_long(field: str, size: str, limit: int) -> APIError:
-    return APIError(413, f"{field} is {size}, over the limit of {limit} tokens (max_prompt_tokens); "
-                    "shorten it", code="prompt_too_long", param=field)
+    return APIError(413, f"{field} is {size}, over the limit of {limit} tokens (max_prompt_tokens, at "
+                    "most half the model's context); shorten it", code="prompt_too_long", param=field)
 
 
 def _session_too_long(message: str, limit: int) -> APIError:
