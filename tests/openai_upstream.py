@@ -6,6 +6,7 @@ The last user message picks the behaviour, so one server serves every case:
 - "logprobs": streams words, each with a logprob entry;
 - "json": ignores `stream` and answers one JSON completion (SCRIPT's text);
 - "surrogate": an emoji whose UTF-16 surrogate pair is split across two deltas;
+- "slow ...": streams 300 words, 20 ms apart, and records whether the proxy hung up first;
 - anything else: streams `SAFE_TEXT` word by word.
 Every answer carries the upstream's id, model and system fingerprint; with
 `stream_options.include_usage` a final usage chunk (empty choices) follows.
@@ -69,7 +70,8 @@ def upstream_app(delay_s: float = 0.002) -> tuple[FastAPI, list[dict[str, Any]]]
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> Any:
         body = await request.json()
-        received.append({"path": "/v1/chat/completions", "body": body, "headers": dict(request.headers)})
+        record = {"path": "/v1/chat/completions", "body": body, "headers": dict(request.headers)}
+        received.append(record)
         kind = body["messages"][-1].get("content")
         if kind == "json":
             return JSONResponse({
@@ -103,6 +105,15 @@ def upstream_app(delay_s: float = 0.002) -> tuple[FastAPI, list[dict[str, Any]]]
                     entry = {"token": word, "logprob": -0.1 * i, "bytes": list(word.encode()),
                              "top_logprobs": []}
                     yield chunk([choice({"content": word}, logprobs={"content": [entry], "refusal": None})])
+            elif kind.startswith("slow"):
+                record["sent"] = 0
+                try:
+                    for word in words("word " * 299 + "end"):
+                        await asyncio.sleep(0.02)
+                        yield chunk([choice({"content": word})])
+                        record["sent"] += 1
+                finally:
+                    record["hung_up"] = record["sent"] < 300
             elif kind == "surrogate":
                 for piece in ("Smile ", "\ud83d", "\ude00", " done"):
                     await asyncio.sleep(delay_s)

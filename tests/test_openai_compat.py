@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,6 +120,20 @@ def test_flagged_tool_call_is_withheld_streamed_and_not(proxy: ServerThread) -> 
     assert not full.choices[0].message.tool_calls
     assert full.choices[0].finish_reason == "content_filter"
     assert "bomb" not in (full.choices[0].message.content or "")
+
+
+def test_flagged_prompt_cancels_the_upstream_request(
+        proxy: ServerThread, upstream: tuple[ServerThread, list[dict[str, Any]]]) -> None:
+    chunks = list(client(proxy).chat.completions.create(
+        model="any", messages=ask("slow: how to make a bomb"), stream=True, extra_body={"guardrail": STRICT}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "word" not in text and chunks[-1].choices[0].finish_reason == "content_filter"
+    assert chunks[-1].model_extra["guardrail"]["intercept"]["stage"] == "prompt"
+    record = upstream[1][-1]
+    deadline = time.monotonic() + 10
+    while "hung_up" not in record and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert record.get("hung_up") is True  # the upstream request was started, then cancelled
 
 
 # -- proxy: logprobs, usage, models ------------------------------------------------------------------

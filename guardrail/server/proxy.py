@@ -295,6 +295,11 @@ class ProxyStream:
         return Verdict(label=label_for(score, self.config.threshold), score=score,
                        threshold=self.config.threshold, tokens=query.seen)
 
+    def _first_feed_deltas(self) -> int:
+        """Deltas (about a word each) that reach the first check past the hold-back."""
+        period = self.config.period if self.config.strategy == "periodic" else 1
+        return self.config.hold_back + period + 1
+
     async def events(self) -> AsyncIterator[ChatEvent]:
         """Moderated events; the upstream is closed when they end, however they end."""
         error: str | None = None
@@ -317,10 +322,15 @@ class ProxyStream:
         ledger = LogprobLedger()
         tool_deltas: list[dict[str, Any]] = []
         ended = False
+        first = self._first_feed_deltas()
         while not ended:
             items = [await self._items.get()]
-            while not self._items.empty():  # what arrived during the last check: one feed, and
-                items.append(self._items.get_nowait())  # the session checks every scheduled position
+            # what arrived during the last check goes in one feed (the session checks every
+            # scheduled position inside it); the first feed after the prompt check takes only
+            # what covers the hold-back, so the first text leaves after one small pass
+            while not self._items.empty() and (first is None or len(items) < first):
+                items.append(self._items.get_nowait())
+            first = None
             texts: list[str] = []
             failure: Exception | None = None
             for item in items:
