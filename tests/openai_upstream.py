@@ -7,6 +7,7 @@ The last user message picks the behaviour, so one server serves every case:
 - "json": ignores `stream` and answers one JSON completion (SCRIPT's text);
 - "surrogate": an emoji whose UTF-16 surrogate pair is split across two deltas;
 - "slow ...": streams 300 words, 20 ms apart, and records whether the proxy hung up first;
+- "split:" + a JSON list of strings: streams exactly those deltas;
 - anything else: streams `SAFE_TEXT` word by word.
 Every answer carries the upstream's id, model and system fingerprint; with
 `stream_options.include_usage` a final usage chunk (empty choices) follows.
@@ -114,6 +115,9 @@ def upstream_app(delay_s: float = 0.002) -> tuple[FastAPI, list[dict[str, Any]]]
                         record["sent"] += 1
                 finally:
                     record["hung_up"] = record["sent"] < 300
+            elif kind.startswith("split:"):
+                for piece in json.loads(kind[len("split:"):]):
+                    yield chunk([choice({"content": piece})])
             elif kind == "surrogate":
                 for piece in ("Smile ", "\ud83d", "\ude00", " done"):
                     await asyncio.sleep(delay_s)

@@ -8,6 +8,7 @@ that contains " bomb" scores 0.99, anything else 0.01.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from guardrail.server import Settings, create_app
 from tests.openai_upstream import (
@@ -362,3 +365,27 @@ def test_traceparent_reaches_the_upstream(proxy: ServerThread,
     assert span.name == "chat m" and "hello" not in json.dumps(dict(span.attributes or {}))
     client(proxy).models.list(extra_headers=headers)
     assert upstream[1][-1]["headers"]["traceparent"].split("-")[1] == trace_id
+
+
+# -- any chunking: what leaves is the upstream's text, never the flagged part --------------------------
+WORDS = st.sampled_from(["dog", "park.", "caf\u00e9", "\u4e2d\u6587", "zero\u200bwidth", EMOJI, "e\u0301",
+                         "line\nbreak", "bomb", "the"])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(WORDS, min_size=1, max_size=14), cuts=st.lists(st.integers(0, 200), max_size=12))
+def test_any_chunking_releases_the_upstream_text_exactly(proxy: ServerThread, words: list[str],
+                                                         cuts: list[int]) -> None:
+    text = "Sure " + " ".join(words)
+    bounds = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
+    chunks = list(client(proxy).chat.completions.create(
+        model="m", messages=ask("split:" + json.dumps(pieces)), stream=True,
+        extra_body={"guardrail": {**STRICT, "action": "stop"}}))
+    released = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = chunks[-1].choices[0].finish_reason
+    if " bomb" in text:
+        assert finish == "content_filter" and " bomb" not in released
+        assert text.startswith(released)
+    else:
+        assert (released, finish) == (text, "stop")
