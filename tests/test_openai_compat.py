@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -334,6 +336,15 @@ def test_local_models_lists_the_served_model(local: ServerThread) -> None:
     assert client(local).models.retrieve("served-tiny").id == "served-tiny"
     raw = httpx.get(local.url + "/v1/models").json()
     assert raw["object"] == "list"
+
+
+def test_the_docs_example_runs(local: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "openai-compatibility.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert blocks
+    for block in blocks:
+        exec(block.replace("http://127.0.0.1:8000", local.url), {})
+    assert "'intercepted': False" in capsys.readouterr().out
 
 
 # -- trace context across the hop --------------------------------------------------------------------

@@ -393,7 +393,7 @@ async def proxy_models(state: ServerState, authorization: str | None,
         headers["authorization"] = f"Bearer {key}"
     elif authorization and not state.settings.api_key:
         headers["authorization"] = authorization
-    span = UpstreamSpan("models", trace_headers or {}, operation="models")
+    span = UpstreamSpan("", trace_headers or {}, operation="models")
     span.inject(headers)
     error: str | None = None
     try:

@@ -31,9 +31,9 @@ class UpstreamSpan:
         if not trace.get_current_span().get_span_context().is_valid:  # no server span: use the client's
             context = propagate.extract({k: v for k, v in incoming.items() if k.lower() in TRACE_HEADERS})
         self._span = trace.get_tracer("guardrail.server").start_span(
-            f"{operation} {model}", context=context, kind=SpanKind.CLIENT,
-            attributes={"gen_ai.operation.name": operation, "gen_ai.request.model": model,
-                        "guardrail.proxy": True})
+            f"{operation} {model}".strip(), context=context, kind=SpanKind.CLIENT,
+            attributes={"gen_ai.operation.name": operation, "guardrail.proxy": True,
+                        **({"gen_ai.request.model": model} if model else {})})
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         if self._span is not None:
