@@ -322,7 +322,7 @@ class ProxyStream:
         ledger = LogprobLedger()
         tool_deltas: list[dict[str, Any]] = []
         ended = False
-        first = self._first_feed_deltas()
+        first: int | None = self._first_feed_deltas()
         while not ended:
             items = [await self._items.get()]
             # what arrived during the last check goes in one feed (the session checks every
