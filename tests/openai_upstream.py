@@ -68,6 +68,12 @@ def upstream_app(delay_s: float = 0.002) -> tuple[FastAPI, list[dict[str, Any]]]
         return {"object": "list", "data": [{"id": UP_MODEL, "object": "model", "created": 1,
                                             "owned_by": "upstream"}]}
 
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str) -> Any:
+        if model_id != UP_MODEL:
+            return JSONResponse({"error": {"message": "no such model"}}, status_code=404)
+        return {"id": UP_MODEL, "object": "model", "created": 1, "owned_by": "upstream"}
+
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> Any:
         body = await request.json()

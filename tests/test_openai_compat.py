@@ -186,6 +186,9 @@ def test_unmoderated_fields_are_forwarded(proxy: ServerThread,
 def test_models_are_proxied(proxy: ServerThread) -> None:
     models = client(proxy).models.list()
     assert [m.id for m in models.data] == [UP_MODEL]
+    assert client(proxy).models.retrieve(UP_MODEL).owned_by == "upstream"
+    with pytest.raises(openai.NotFoundError):
+        client(proxy).models.retrieve("nope")
 
 
 # -- proxy: broken upstreams ---------------------------------------------------------------------------

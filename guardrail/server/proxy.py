@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from httpx_sse import EventSource
@@ -384,8 +385,9 @@ class ProxyStream:
 
 
 async def proxy_models(state: ServerState, authorization: str | None,
-                       trace_headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The upstream's `/models` list, as it answered."""
+                       trace_headers: Mapping[str, str] | None = None, model_id: str | None = None,
+                       ) -> dict[str, Any]:
+    """The upstream's `/models` list (or one model of it), as it answered."""
     assert state.upstream is not None and state.settings.upstream is not None
     headers: dict[str, str] = {}
     key = state.settings.upstream_api_key
@@ -397,7 +399,11 @@ async def proxy_models(state: ServerState, authorization: str | None,
     span.inject(headers)
     error: str | None = None
     try:
-        response = await state.upstream.get(state.settings.upstream.rstrip("/") + "/models", headers=headers)
+        path = "/models" if model_id is None else "/models/" + quote(model_id, safe="")
+        response = await state.upstream.get(state.settings.upstream.rstrip("/") + path, headers=headers)
+        if response.status_code == 404 and model_id is not None:
+            raise APIError(404, f"model '{model_id}' is not served upstream", code="model_not_found",
+                           param="model")
         if response.status_code != 200:
             error = f"status {response.status_code}"
             raise APIError(502, f"upstream answered {response.status_code}: {response.text[:500]}",

@@ -29,9 +29,13 @@ async def list_models(state: StateDep, request: Request,
     return {"object": "list", "data": [served_model(state)]}
 
 
-@router.get("/v1/models/{model_id:path}", responses={**ERRORS, 404: {"description": "Unknown model"}})
-async def get_model(model_id: str, state: StateDep) -> dict[str, Any]:
-    """One model (local mode; in proxy mode, ask the upstream's list)."""
+@router.get("/v1/models/{model_id:path}", responses={**ERRORS, 404: {"description": "Unknown model"},
+                                                     502: {"description": "Upstream failed"}})
+async def get_model(model_id: str, state: StateDep, request: Request,
+                    authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    """One model: the served one locally, the upstream's answer in proxy mode."""
+    if state.settings.upstream:
+        return await proxy_models(state, authorization, request.headers, model_id)
     if model_id == state.settings.model_name:
         return served_model(state)
     raise APIError(404, f"model '{model_id}' is not served here", code="model_not_found", param="model")
