@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guardrail.server import Settings, create_app
+from guardrail.server.chat import StopScanner
 from tests.openai_upstream import (
     EMOJI,
     SAFE_TEXT,
@@ -403,3 +404,24 @@ def test_any_chunking_releases_the_upstream_text_exactly(proxy: ServerThread, wo
         assert text.startswith(released)
     else:
         assert (released, finish) == (text, "stop")
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text("ab \n", max_size=30),
+       stops=st.lists(st.text("ab \n", min_size=1, max_size=4), max_size=4),
+       cuts=st.lists(st.integers(0, 30), max_size=8))
+def test_stop_scanner_cuts_at_the_first_stop_whatever_the_pieces(text: str, stops: list[str],
+                                                                 cuts: list[int]) -> None:
+    scanner = StopScanner(stops)
+    bounds = sorted({0, len(text), *(min(c, len(text)) for c in cuts)})
+    out, stopped = "", False
+    for a, b in itertools.pairwise(bounds):
+        piece, stopped = scanner.push(text[a:b])
+        out += piece
+        if stopped:
+            break
+    if not stopped:
+        out += scanner.flush()
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    assert stopped == bool(hits)
+    assert out == (text[: min(hits)] if hits else text)
