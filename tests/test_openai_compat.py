@@ -200,6 +200,11 @@ def _broken(body: dict[str, Any]) -> list[bytes | None]:
         return start
     if kind == "malformed":
         return [*start, b"data: {not json\n\n", sse_chunk(None, "stop"), b"data: [DONE]\n\n"]
+    if kind == "bad-tool-call":
+        delta = {"tool_calls": [{"index": "first"}]}
+        bad = {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        return [*start, f"data: {json.dumps(bad)}\n\n".encode(), sse_chunk(None, "tool_calls"),
+                b"data: [DONE]\n\n"]
     return [*start, sse_chunk(None, "stop"), b"data: [DONE]\n\n"]
 
 
@@ -210,7 +215,7 @@ def broken_proxy(tokenizer: Any) -> Iterator[ServerThread]:
         yield srv
 
 
-@pytest.mark.parametrize("kind", ["truncated", "malformed"])
+@pytest.mark.parametrize("kind", ["truncated", "malformed", "bad-tool-call"])
 def test_broken_upstream_is_an_error_the_client_sees(broken_proxy: ServerThread, kind: str) -> None:
     with pytest.raises(openai.APIError) as streamed:
         for _ in client(broken_proxy).chat.completions.create(model="m", messages=ask(kind), stream=True):

@@ -109,6 +109,14 @@ class LogprobLedger:
         return out if self.seen and (out or text) else None
 
 
+def _tool_call_delta(call: object) -> dict[str, Any]:
+    """An upstream tool-call delta, unchanged, once it has the shape a client relies on."""
+    if not isinstance(call, dict) or not isinstance(call.get("index", 0), int) or \
+            not isinstance(call.get("function") or {}, dict):
+        raise UpstreamError("upstream sent a malformed tool call")
+    return call
+
+
 class ProxyStream:
     """One proxied completion: open with `open()`, read `events()`, always `aclose()`."""
 
@@ -234,7 +242,7 @@ class ProxyStream:
                 if text or entries:
                     out.put_nowait(UpstreamText(text, entries))
                 for call in delta.get("tool_calls") or []:
-                    out.put_nowait(UpstreamToolCall(call))
+                    out.put_nowait(UpstreamToolCall(_tool_call_delta(call)))
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
         if tail := joiner.flush():
@@ -263,7 +271,7 @@ class ProxyStream:
         if text or entries:
             out.put_nowait(UpstreamText(text, entries))
         for index, call in enumerate(message.get("tool_calls") or []):
-            out.put_nowait(UpstreamToolCall({"index": index, **call}))
+            out.put_nowait(UpstreamToolCall(_tool_call_delta({"index": index, **call})))
         self.finish_reason = choice.get("finish_reason") or "stop"
 
     # -- moderating ----------------------------------------------------------------------------
