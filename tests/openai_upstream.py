@@ -4,7 +4,8 @@ The last user message picks the behaviour, so one server serves every case:
 - "tools" / "tools-bomb": streams two tool calls as argument deltas (the second one's
   arguments carry " bomb" in "tools-bomb"), finish_reason "tool_calls";
 - "logprobs": streams words, each with a logprob entry;
-- "json": ignores `stream` and answers one JSON completion (SCRIPT's text);
+- "json" / "json-bomb" / "json-tools": ignores `stream` and answers one JSON completion
+  (safe text, flagged text, or the two tool calls);
 - "surrogate": an emoji whose UTF-16 surrogate pair is split across two deltas;
 - "slow ...": streams 300 words, 20 ms apart, and records whether the proxy hung up first;
 - "split:" + a JSON list of strings: streams exactly those deltas;
@@ -86,6 +87,14 @@ def upstream_app(delay_s: float = 0.002) -> tuple[FastAPI, list[dict[str, Any]]]
                 "system_fingerprint": UP_FINGERPRINT, "usage": UP_USAGE,
                 "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                              "message": {"role": "assistant", "content": SAFE_TEXT}}]})
+        if kind == "json-tools":
+            calls = [{"id": c["id"], "type": "function",
+                      "function": {"name": c["name"], "arguments": "".join(c["arguments"])}}
+                     for c in TOOL_CALLS]
+            return JSONResponse({
+                "id": UP_ID, "object": "chat.completion", "created": 1700000000, "model": UP_MODEL,
+                "usage": UP_USAGE, "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": None, "tool_calls": calls}}]})
         if kind == "json-bomb":
             return JSONResponse({
                 "id": UP_ID, "object": "chat.completion", "created": 1700000000, "model": UP_MODEL,

@@ -240,6 +240,17 @@ def test_upstream_ignoring_stream_is_moderated_and_streamed(proxy: ServerThread)
     assert flagged[-1].choices[0].finish_reason == "content_filter"
 
 
+def test_upstream_ignoring_stream_with_tool_calls(proxy: ServerThread) -> None:
+    full = client(proxy).chat.completions.create(model="m", messages=ask("json-tools"),
+                                                 extra_body={"guardrail": STRICT})
+    calls = full.choices[0].message.tool_calls or []
+    assert [(t.id, t.function.name, t.function.arguments) for t in calls] == [
+        (c["id"], c["name"], c["arguments"]) for c in EXPECTED_CALLS.values()]
+    assert full.choices[0].finish_reason == "tool_calls" and full.choices[0].message.content is None
+    chunks = list(client(proxy).chat.completions.create(model="m", messages=ask("json-tools"), stream=True))
+    assert joined_tool_calls(chunks) == EXPECTED_CALLS
+
+
 def test_surrogate_pair_split_across_deltas_is_joined(proxy: ServerThread) -> None:
     chunks = list(client(proxy).chat.completions.create(model="m", messages=ask("surrogate"), stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"Smile {EMOJI} done"
