@@ -5,6 +5,10 @@
 The upstream is a scripted OpenAI-compatible server on loopback that streams one word every
 `--token-ms` milliseconds (a stand-in for a real LLM); the sidecar moderates its stream
 with the real model and releases text once a check has covered it.
+
+`--json` also reports `check_ms` (the prompt check alone, `/v1/check` on the same prompt),
+`hold_back` (tokens the session withholds) and `token_ms`; the target is
+`added_ttft_ms <= check_ms + hold_back * token_ms + 50` (`meets_target`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from starlette.routing import Route
 from guardrail.guard import load_safety_model
 from guardrail.server import Settings, create_app
 from guardrail.server.background import BackgroundServer
+from guardrail.types import GuardConfig
 
 ANSWER = (
     "Bread is made by mixing flour, water, salt and yeast into a dough, kneading it, letting it "
@@ -54,13 +59,21 @@ def upstream_app(token_ms: float) -> Starlette:
     return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
 
 
+MESSAGES = [{"role": "user", "content": "How is bread made?"}]
+GUARD = {"threshold": 1.0}
+SLACK_MS = 50.0
+
+
+def timed_check(base_url: str) -> float:
+    """The prompt check alone, as the sidecar runs it (ms)."""
+    started = time.perf_counter()
+    response = httpx.post(base_url + "/check", json={"messages": MESSAGES, "config": GUARD}, timeout=300)
+    response.raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
 def timed_stream(base_url: str) -> tuple[float, float, str]:
-    body: dict[str, Any] = {
-        "model": "m",
-        "stream": True,
-        "guardrail": {"threshold": 1.0},
-        "messages": [{"role": "user", "content": "How is bread made?"}],
-    }
+    body: dict[str, Any] = {"model": "m", "stream": True, "guardrail": GUARD, "messages": MESSAGES}
     started = time.perf_counter()
     first: float | None = None
     text = ""
@@ -88,8 +101,11 @@ def main() -> None:
         settings = Settings(upstream=up.url + "/v1")
         with BackgroundServer(create_app(settings, model)) as sidecar:
             timed_stream(sidecar.url + "/v1")  # warm up
+            timed_check(sidecar.url + "/v1")
             direct = [timed_stream(up.url + "/v1") for _ in range(runs)]
             proxied = [timed_stream(sidecar.url + "/v1") for _ in range(runs)]
+            checks = [timed_check(sidecar.url + "/v1") for _ in range(runs)]
+    hold_back = GuardConfig.model_validate(GUARD).hold_back  # the server default, GUARD leaves it
     assert all(p[2] == ANSWER for p in proxied), "the proxy changed or withheld safe text"
     result = {
         "token_ms": args.token_ms,
@@ -99,11 +115,19 @@ def main() -> None:
         "direct_total_ms": statistics.median(d[1] for d in direct),
         "proxy_ttft_ms": statistics.median(p[0] for p in proxied),
         "proxy_total_ms": statistics.median(p[1] for p in proxied),
+        "check_ms": statistics.median(checks),
+        "hold_back": hold_back,
     }
+    result["added_ttft_ms"] = result["proxy_ttft_ms"] - result["direct_ttft_ms"]
+    result["target_ms"] = result["check_ms"] + hold_back * args.token_ms + SLACK_MS
+    result["meets_target"] = result["added_ttft_ms"] <= result["target_ms"]
     print(
         f"direct:  first token {result['direct_ttft_ms']:7.1f} ms, total {result['direct_total_ms']:7.1f} ms"
     )
     print(f"proxied: first token {result['proxy_ttft_ms']:7.1f} ms, total {result['proxy_total_ms']:7.1f} ms")
+    print(f"added first-token time {result['added_ttft_ms']:.1f} ms; target <= {result['target_ms']:.1f} ms "
+          f"(check {result['check_ms']:.1f} ms + hold-back {hold_back} x {args.token_ms:g} ms"
+          f" + {SLACK_MS:g} ms)")
     if args.json:
         print(json.dumps(result))
 

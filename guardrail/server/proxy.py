@@ -1,10 +1,18 @@
-"""Proxy mode: forward chat completions upstream and moderate the streamed answer.
+"""Proxy mode: forward chat completions upstream and moderate the answer on its way back.
 
-The upstream is always asked to stream. Its deltas feed a moderation session; only text
-the session releases (covered by a safe check) goes to the client. When the session
-intercepts, the upstream stream is closed, the refusal is sent and the last chunk carries
-finish_reason "content_filter" and the intercept. Deltas that arrive while a check runs
-are coalesced into the next chunk, so moderation keeps pace with a fast upstream.
+The upstream request starts at once, next to the prompt check; nothing is released before that
+check says safe (a flagged prompt cancels the upstream request). The upstream is always asked
+to stream, with usage. Its text deltas feed a moderation session; only text the session
+releases (covered by safe checks) goes to the client, with the upstream's logprobs for it.
+Tool calls are model output that reaches a tool: each call's streamed deltas are withheld,
+its name and arguments checked as a response to the conversation, and the deltas released
+unchanged only when every call is safe; a flagged call is never released and the stream is
+intercepted. Every field the guard does not moderate (ids, model, system fingerprint, usage,
+tool-call ids and indices, logprobs) passes through as the upstream sent it.
+
+An upstream stream that ends without `[DONE]` or a finish reason, or sends a line that is not
+an OpenAI chunk, ends as an error event (502 when not streamed), never as a clean stop. An
+upstream that ignores `stream` and answers with one JSON completion is moderated the same way.
 """
 
 from __future__ import annotations
@@ -13,54 +21,134 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+from httpx_sse import EventSource
 
 from guardrail.model.decoding import REFUSAL
-from guardrail.server.chat import ChatDelta, ChatEnd, ChatEvent, ChatMeta
+from guardrail.model.engine import StepOutput, StepRequest
+from guardrail.server.chat import ChatDelta, ChatEnd, ChatEvent, ChatMeta, ChatToolCall, merge_tool_calls
 from guardrail.server.errors import APIError
 from guardrail.server.moderation import SteppedSession
+from guardrail.server.routes.check import encode_check
 from guardrail.server.schemas import ChatCompletionRequest, GuardrailInfo
 from guardrail.server.state import ServerState
-from guardrail.types import GuardConfig, InterceptEvent, Verdict
+from guardrail.server.upstream_trace import UpstreamSpan
+from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict, label_for
 
 log = logging.getLogger("guardrail.server")
-_END = object()
 
 
 class UpstreamError(RuntimeError):
     pass
 
 
+@dataclass
+class UpstreamText:
+    text: str
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class UpstreamToolCall:
+    delta: dict[str, Any]
+
+
+class _End:
+    pass
+
+
+_END = _End()
+UpstreamItem = UpstreamText | UpstreamToolCall | _End | Exception
+
+
+class SurrogateJoiner:
+    """Joins a UTF-16 surrogate pair split across two deltas (JSON escapes can split one);
+    a surrogate that stays alone becomes U+FFFD, so the text is always valid."""
+
+    def __init__(self) -> None:
+        self.carry = ""
+
+    def push(self, text: str) -> str:
+        text = self.carry + text
+        self.carry = ""
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            text, self.carry = text[:-1], text[-1]
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+    def flush(self) -> str:
+        out, self.carry = ("\ufffd" if self.carry else ""), ""
+        return out
+
+
+class LogprobLedger:
+    """Keeps the upstream's logprob entries until the text they belong to is released."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.released = 0
+        self.pending: deque[tuple[int, list[dict[str, Any]]]] = deque()
+        self.seen = False
+
+    def add(self, text: str, entries: list[dict[str, Any]] | None) -> None:
+        self.received += len(text)
+        if entries is not None:
+            self.seen = True
+            self.pending.append((self.received, entries))
+
+    def release(self, text: str, *, everything: bool = False) -> list[dict[str, Any]] | None:
+        self.released += len(text)
+        out: list[dict[str, Any]] = []
+        while self.pending and (everything or self.pending[0][0] <= self.released):
+            out.extend(self.pending.popleft()[1])
+        return out if self.seen and (out or text) else None
+
+
+def _tool_call_delta(call: object) -> dict[str, Any]:
+    """An upstream tool-call delta, unchanged, once it has the shape a client relies on."""
+    if not isinstance(call, dict) or not isinstance(call.get("index", 0), int) or \
+            not isinstance(call.get("function") or {}, dict):
+        raise UpstreamError("upstream sent a malformed tool call")
+    return call
+
+
 class ProxyStream:
     """One proxied completion: open with `open()`, read `events()`, always `aclose()`."""
 
     def __init__(self, state: ServerState, request: ChatCompletionRequest, config: GuardConfig,
-                 authorization: str | None) -> None:
+                 authorization: str | None, trace_headers: Mapping[str, str] | None = None) -> None:
         self.state = state
         self.request = request
         self.config = config
         self.authorization = authorization
         self.meta = ChatMeta(model=request.model or state.settings.model_name)
+        self.messages: list[ChatMessage] = request.chat_messages()
         self.session: SteppedSession | None = None
         self._start: asyncio.Task[Verdict] | None = None
         self._response: httpx.Response | None = None
         self._reader: asyncio.Task[None] | None = None
-        self.finish_reason = "stop"
-        self.usage: dict[str, int] | None = None
+        self._items: asyncio.Queue[UpstreamItem] = asyncio.Queue()
+        self._span = UpstreamSpan(self.meta.model, trace_headers or {})
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
 
     def _upstream_request(self) -> httpx.Request:
         assert self.state.upstream is not None and self.state.settings.upstream is not None
-        body = self.request.model_dump(exclude_none=True, exclude={"guardrail"})
+        body = self.request.model_dump(mode="json", exclude_unset=True, exclude={"guardrail"})
         body["stream"] = True
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         headers = {"accept": "text/event-stream"}
         key = self.state.settings.upstream_api_key
         if key:
             headers["authorization"] = f"Bearer {key}"
         elif self.authorization and not self.state.settings.api_key:
             headers["authorization"] = self.authorization  # the client's own upstream key
+        self._span.inject(headers)
         url = self.state.settings.upstream.rstrip("/") + "/chat/completions"
         return self.state.upstream.build_request("POST", url, json=body, headers=headers)
 
@@ -68,24 +156,26 @@ class ProxyStream:
         """Start the prompt check and the upstream request together; fail before any output."""
         batcher, _ = self.state.require()
         self.session = SteppedSession(batcher, self.state.text, self.config)
-        self._start = asyncio.create_task(self.session.start(self.request.chat_messages()))
+        self._start = asyncio.create_task(self.session.start(self.messages))
         assert self.state.upstream is not None
         try:
             self._response = await self.state.upstream.send(self._upstream_request(), stream=True)
         except httpx.HTTPError as exc:
             self.state.metrics.upstream_errors.inc()
-            await self.aclose()
+            await self.aclose(f"unreachable: {type(exc).__name__}")
             raise APIError(502, f"upstream unreachable: {type(exc).__name__}", type="upstream_error",
                            code="upstream_unreachable") from exc
         if self._response.status_code != 200:
             self.state.metrics.upstream_errors.inc()
             detail = (await self._response.aread())[:500].decode("utf-8", "replace")
             status = self._response.status_code
-            await self.aclose()
+            await self.aclose(f"status {status}")
             raise APIError(502, f"upstream answered {status}: {detail}", type="upstream_error",
                            code="upstream_status")
+        # read (and buffer) the upstream while the prompt check runs: nothing is released yet
+        self._reader = asyncio.create_task(self._read_upstream())
 
-    async def aclose(self) -> None:
+    async def aclose(self, error: str | None = None) -> None:
         """Idempotent: stop reading, drop the prompt check, release the upstream connection."""
         if self._reader is not None:
             self._reader.cancel()
@@ -97,53 +187,138 @@ class ProxyStream:
                 await self._start
         if self._response is not None:
             await self._response.aclose()
+        self._span.end(error)
 
-    async def _read_upstream(self, out: asyncio.Queue[Any]) -> None:
-        """Parse the upstream's SSE into text deltas on `out`; `_END` or an exception ends it."""
+    # -- reading the upstream ------------------------------------------------------------------
+    async def _read_upstream(self) -> None:
+        """Parse the upstream's answer into items on the queue; `_END` or an exception ends it."""
         assert self._response is not None
+        out = self._items
         try:
-            async for line in self._response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise UpstreamError(str(chunk["error"].get("message", chunk["error"])))
-                if chunk.get("usage"):
-                    self.usage = chunk["usage"]
-                if chunk.get("model"):
-                    self.meta.model = chunk["model"]
-                for choice in chunk.get("choices") or []:
-                    if choice.get("finish_reason"):
-                        self.finish_reason = choice["finish_reason"]
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        out.put_nowait(content)
+            content_type = self._response.headers.get("content-type", "")
+            if "text/event-stream" in content_type:
+                await self._read_stream(out)
+            else:
+                await self._read_completion(out)
             out.put_nowait(_END)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             out.put_nowait(exc)
 
-    def _intercept(self, index: int, score: float, stage: str) -> list[ChatEvent]:
+    def _take_meta(self, body: dict[str, Any]) -> None:
+        if body.get("error"):
+            error = body["error"]
+            raise UpstreamError(str(error.get("message", error) if isinstance(error, dict) else error))
+        for key in ("id", "model", "created", "system_fingerprint"):
+            if body.get(key) is not None:
+                setattr(self.meta, key, body[key])
+        if body.get("usage"):
+            self.usage = body["usage"]
+
+    async def _read_stream(self, out: asyncio.Queue[UpstreamItem]) -> None:
+        assert self._response is not None
+        joiner = SurrogateJoiner()
+        done = False
+        async for sse in EventSource(self._response).aiter_sse():
+            if sse.data == "[DONE]":
+                done = True
+                break
+            if not sse.data:
+                continue
+            try:
+                chunk = json.loads(sse.data)
+            except ValueError:
+                raise UpstreamError("upstream sent an event that is not JSON") from None
+            if not isinstance(chunk, dict):
+                raise UpstreamError("upstream sent an event that is not a chunk object")
+            self._take_meta(chunk)
+            for choice in chunk.get("choices") or []:
+                if choice.get("index", 0) != 0:
+                    continue  # one choice (n=1)
+                delta = choice.get("delta") or {}
+                text = joiner.push(delta.get("content") or "")
+                entries = (choice.get("logprobs") or {}).get("content")
+                if text or entries:
+                    out.put_nowait(UpstreamText(text, entries))
+                for call in delta.get("tool_calls") or []:
+                    out.put_nowait(UpstreamToolCall(_tool_call_delta(call)))
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+        if tail := joiner.flush():
+            out.put_nowait(UpstreamText(tail))
+        if not done and self.finish_reason is None:
+            raise UpstreamError("upstream stream ended without [DONE] or a finish reason")
+
+    async def _read_completion(self, out: asyncio.Queue[UpstreamItem]) -> None:
+        """An upstream that ignored `stream`: one JSON completion, moderated like a stream."""
+        assert self._response is not None
+        try:
+            body = json.loads(await self._response.aread())
+        except ValueError:
+            raise UpstreamError("upstream answer is neither an event stream nor JSON") from None
+        if not isinstance(body, dict):
+            raise UpstreamError("upstream answer is not a completion object")
+        self._take_meta(body)
+        choices = body.get("choices") or []
+        if not choices or not isinstance(choices[0].get("message"), dict):
+            raise UpstreamError("upstream completion has no message")
+        choice = choices[0]
+        message = choice["message"]
+        joiner = SurrogateJoiner()
+        text = joiner.push(message.get("content") or "") + joiner.flush()
+        entries = (choice.get("logprobs") or {}).get("content")
+        if text or entries:
+            out.put_nowait(UpstreamText(text, entries))
+        for index, call in enumerate(message.get("tool_calls") or []):
+            out.put_nowait(UpstreamToolCall(_tool_call_delta({"index": index, **call})))
+        self.finish_reason = choice.get("finish_reason") or "stop"
+
+    # -- moderating ----------------------------------------------------------------------------
+    def _info(self, prompt: Verdict | None, *, intercept: InterceptEvent | None = None,
+              tool_calls: list[Verdict] | None = None) -> GuardrailInfo:
+        assert self.session is not None
+        checks = self.session.checks + len(tool_calls or [])
+        return GuardrailInfo(intercepted=intercept is not None, intercept=intercept, prompt=prompt,
+                             checks=checks, mode="proxy", tool_calls=tool_calls)
+
+    def _intercept(self, index: int, score: float, stage: str,
+                   tool_calls: list[Verdict] | None = None) -> list[ChatEvent]:
         assert self.session is not None
         self.state.metrics.intercepts.inc(source="proxy")
         event = InterceptEvent(index=index, score=score, action=self.config.action,
                                stage=stage)  # type: ignore[arg-type]
-        info = GuardrailInfo(intercepted=True, intercept=event, prompt=self.session.prompt_verdict,
-                             checks=self.session.checks, mode="proxy")
+        info = self._info(self.session.prompt_verdict, intercept=event, tool_calls=tool_calls)
         refusal = [ChatDelta(REFUSAL)] if self.config.action == "refuse" else []
         return [*refusal, ChatEnd("content_filter", info, self.usage)]
 
+    async def _check_tool_call(self, call: dict[str, Any]) -> Verdict:
+        """The guard's response check over one call's name and arguments."""
+        batcher, _ = self.state.require()
+        model = batcher.model
+        function = call.get("function") or {}
+        text = f"{function.get('name', '')}({function.get('arguments', '')})"
+        ids, query = await self.state.text.run(lambda: encode_check(model, self.messages, text, self.config))
+        out: StepOutput = await batcher.step(StepRequest(model.new_cache(), ids, query, False))
+        score = float(out.score or 0.0)
+        return Verdict(label=label_for(score, self.config.threshold), score=score,
+                       threshold=self.config.threshold, tokens=query.seen)
+
+    def _first_feed_deltas(self) -> int:
+        """Deltas (about a word each) that reach the first check past the hold-back."""
+        period = self.config.period if self.config.strategy == "periodic" else 1
+        return self.config.hold_back + period + 1
+
     async def events(self) -> AsyncIterator[ChatEvent]:
         """Moderated events; the upstream is closed when they end, however they end."""
+        error: str | None = None
         try:
             async for event in self._events():
+                if isinstance(event, ChatEnd) and event.error is not None:
+                    error = str(event.error.get("code"))
                 yield event
         finally:
-            await self.aclose()
+            await self.aclose(error)
 
     async def _events(self) -> AsyncIterator[ChatEvent]:
         assert self.session is not None and self._start is not None
@@ -153,20 +328,37 @@ class ProxyStream:
             for event in self._intercept(0, prompt.score, "prompt"):
                 yield event
             return
-        deltas: asyncio.Queue[Any] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read_upstream(deltas))
+        ledger = LogprobLedger()
+        tool_deltas: list[dict[str, Any]] = []
         ended = False
+        first: int | None = self._first_feed_deltas()
         while not ended:
-            items = [await deltas.get()]
-            while not deltas.empty():  # coalesce what arrived during the last check
-                items.append(deltas.get_nowait())
-            texts = [i for i in items if isinstance(i, str)]
-            failure = next((i for i in items if isinstance(i, Exception)), None)
-            ended = failure is not None or any(i is _END for i in items)
-            if texts:
-                verdict = await session.feed("".join(texts))
-                if verdict.released:
-                    yield ChatDelta(verdict.released)
+            items = [await self._items.get()]
+            # what arrived during the last check goes in one feed (the session checks every
+            # scheduled position inside it); the first feed after the prompt check takes only
+            # what covers the hold-back, so the first text leaves after one small pass
+            while not self._items.empty() and (first is None or len(items) < first):
+                items.append(self._items.get_nowait())
+            first = None
+            texts: list[str] = []
+            failure: Exception | None = None
+            for item in items:
+                if isinstance(item, UpstreamText):
+                    texts.append(item.text)
+                    ledger.add(item.text, item.logprobs)
+                elif isinstance(item, UpstreamToolCall):
+                    tool_deltas.append(item.delta)
+                elif isinstance(item, Exception):
+                    failure = item
+                else:
+                    ended = True
+            text = "".join(texts)
+            if text:
+                verdict = await session.feed(text)
+                if verdict.released or ledger.pending:
+                    released = ChatDelta(verdict.released, ledger.release(verdict.released))
+                    if released.text or released.logprobs:
+                        yield released
                 if verdict.intercepted:
                     for event in self._intercept(verdict.intercept_index or 0, verdict.score, "response"):
                         yield event
@@ -174,16 +366,67 @@ class ProxyStream:
             if failure is not None:
                 self.state.metrics.upstream_errors.inc()
                 log.warning("upstream stream failed: %s", type(failure).__name__)
-                info = GuardrailInfo(intercepted=False, prompt=prompt, checks=session.checks, mode="proxy")
-                yield ChatEnd("error", info, error={"message": f"upstream stream failed: {failure}",
-                                                    "type": "upstream_error", "code": "upstream_stream"})
+                yield ChatEnd("error", self._info(prompt), error={
+                    "message": f"upstream stream failed: {failure}", "type": "upstream_error",
+                    "code": "upstream_stream"})
                 return
         verdict = await session.close()
-        if verdict.released:
-            yield ChatDelta(verdict.released)
+        if verdict.released or ledger.pending:
+            everything = not verdict.intercepted
+            yield ChatDelta(verdict.released, ledger.release(verdict.released, everything=everything))
         if verdict.intercepted:
             for event in self._intercept(verdict.intercept_index or 0, verdict.score, "response"):
                 yield event
             return
-        info = GuardrailInfo(intercepted=False, prompt=prompt, checks=session.checks, mode="proxy")
-        yield ChatEnd(self.finish_reason, info, self.usage)
+        verdicts: list[Verdict] | None = None
+        if tool_deltas:
+            calls = merge_tool_calls(tool_deltas)
+            verdicts = list(await asyncio.gather(*(self._check_tool_call(call) for call in calls)))
+            flagged = next((v for v in verdicts if v.label == "unsafe"), None)
+            if flagged is not None:  # the calls never leave: a tool would act on them
+                for event in self._intercept(len(session.response), flagged.score, "response", verdicts):
+                    yield event
+                return
+            for delta in tool_deltas:
+                yield ChatToolCall(delta)
+        yield ChatEnd(self.finish_reason or "stop", self._info(prompt, tool_calls=verdicts), self.usage)
+
+
+async def proxy_models(state: ServerState, authorization: str | None,
+                       trace_headers: Mapping[str, str] | None = None, model_id: str | None = None,
+                       ) -> dict[str, Any]:
+    """The upstream's `/models` list (or one model of it), as it answered."""
+    assert state.upstream is not None and state.settings.upstream is not None
+    headers: dict[str, str] = {}
+    key = state.settings.upstream_api_key
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    elif authorization and not state.settings.api_key:
+        headers["authorization"] = authorization
+    span = UpstreamSpan("", trace_headers or {}, operation="models")
+    span.inject(headers)
+    error: str | None = None
+    try:
+        path = "/models" if model_id is None else "/models/" + quote(model_id, safe="")
+        response = await state.upstream.get(state.settings.upstream.rstrip("/") + path, headers=headers)
+        if response.status_code == 404 and model_id is not None:
+            raise APIError(404, f"model '{model_id}' is not served upstream", code="model_not_found",
+                           param="model")
+        if response.status_code != 200:
+            error = f"status {response.status_code}"
+            raise APIError(502, f"upstream answered {response.status_code}: {response.text[:500]}",
+                           type="upstream_error", code="upstream_status")
+        body = response.json()
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+        return body
+    except httpx.HTTPError as exc:
+        error = type(exc).__name__
+        raise APIError(502, f"upstream unreachable: {type(exc).__name__}", type="upstream_error",
+                       code="upstream_unreachable") from exc
+    except ValueError as exc:
+        error = "malformed"
+        raise APIError(502, "upstream models list is not a JSON object", type="upstream_error",
+                       code="upstream_malformed") from exc
+    finally:
+        span.end(error)

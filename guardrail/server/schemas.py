@@ -192,26 +192,84 @@ class ChatRequestMessage(BaseModel):
         return ChatMessage(role=role, content=text)  # type: ignore[arg-type]
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Accepted in local mode and ignored: they change nothing about the answer.
+LOCAL_IGNORED = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls",
+                           "prompt_cache_key", "safety_identifier"})
+#: Accepted in local mode only at the value that means "off" (what we do anyway).
+LOCAL_DEFAULT_ONLY: dict[str, tuple[object, ...]] = {
+    "frequency_penalty": (0, 0.0, None),
+    "presence_penalty": (0, 0.0, None),
+    "logprobs": (False, None),
+    "top_logprobs": (0, None),
+    "logit_bias": ({}, None),
+    "tools": ([], None),
+    "tool_choice": ("none", None),
+    "functions": ([], None),
+    "function_call": ("none", None),
+    "response_format": ({"type": "text"}, None),
+    "modalities": (["text"], None),
+}
+
+
 class ChatCompletionRequest(BaseModel):
-    """The fields this server reads; anything else is passed through to an upstream."""
+    """The fields this server reads; anything else is passed through to an upstream.
+
+    In local mode a field outside the ones read here is refused (`unsupported_locally`), so a
+    client never believes a parameter took effect when it did not.
+    """
 
     model_config = ConfigDict(extra="allow")
     model: str | None = None
     messages: list[ChatRequestMessage] = Field(min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    stop: str | list[str] | None = Field(None, description="Up to 4 sequences that end the answer.")
     n: int | None = Field(None, ge=1, le=1, description="Only one choice is supported.")
     guardrail: GuardConfig | None = Field(None, description="Per-request guard settings (extension).")
 
     _temperature = field_validator("temperature")(_greedy_below_floor)
     _top_p = field_validator("top_p")(_top_p_floor)
 
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
     def chat_messages(self) -> list[ChatMessage]:
         return [m.to_chat_message() for m in self.messages]
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+    @property
+    def include_usage(self) -> bool:
+        """Usage in a stream only when asked for, as the OpenAI contract has it."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def unsupported_locally(self) -> str | None:
+        """The first parameter the local model cannot honour, or None."""
+        for name, value in (self.model_extra or {}).items():
+            if name in LOCAL_IGNORED:
+                continue
+            if name in LOCAL_DEFAULT_ONLY and value in LOCAL_DEFAULT_ONLY[name]:
+                continue
+            return name
+        return None
 
 
 class GuardrailInfo(BaseModel):
@@ -222,3 +280,5 @@ class GuardrailInfo(BaseModel):
     prompt: Verdict | None = None
     checks: int = 0
     mode: Literal["local", "proxy"] = "local"
+    tool_calls: list[Verdict] | None = Field(
+        None, description="Proxy: one verdict per upstream tool call, checked before it is released.")
