@@ -72,6 +72,13 @@ class Guard:
             return self._impl.config
         return self._impl.effective_config()
 
+    @config.setter
+    def config(self, config: GuardConfig) -> None:
+        if isinstance(self._impl, EmbeddedGuard):
+            self._impl.config = config
+        else:
+            self._impl.options.config = config
+
     @property
     def threshold(self) -> float:
         return self.config.threshold
