@@ -21,7 +21,12 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from guardrail.client.errors import GuardrailAuthError, GuardrailRequestError, SidecarUnavailableError
+from guardrail.client.errors import (
+    GuardrailAuthError,
+    GuardrailRequestError,
+    SessionClosedRemoteError,
+    SidecarUnavailableError,
+)
 from guardrail.events import collect_result as _collect
 from guardrail.types import (
     ChunkVerdict,
@@ -191,7 +196,11 @@ def raise_for_error(response: httpx.Response) -> None:
         message, code = response.text[:500], None
     if response.status_code in UNAVAILABLE_STATUSES:
         raise SidecarUnavailableError(f"sidecar answered {response.status_code}: {message}")
-    cls = GuardrailAuthError if response.status_code == 401 else GuardrailRequestError
+    cls: type[GuardrailRequestError] = GuardrailRequestError
+    if response.status_code == 401:
+        cls = GuardrailAuthError
+    elif response.status_code == 409:
+        cls = SessionClosedRemoteError
     raise cls(response.status_code, message, code)
 
 

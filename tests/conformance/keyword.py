@@ -34,3 +34,17 @@ def make_keyword_model(tokenizer: Any, *, threshold: float | None = None) -> Ste
         model.head.config.threshold = threshold
     assert isinstance(model, SteppedKeywordModel)
     return model
+
+
+CALIBRATED = 0.7
+"""The head's calibrated threshold in the conformance suite: not the protocol default (0.5), so
+a surface that ignores the server's calibration shows."""
+
+
+def served_model() -> SteppedKeywordModel:
+    """The conformance model, built inside a Ray replica (`model_factory`)."""
+    from transformers import AutoTokenizer
+
+    from guardrail.model.loading import default_model_dir
+
+    return make_keyword_model(AutoTokenizer.from_pretrained(str(default_model_dir())), threshold=CALIBRATED)
