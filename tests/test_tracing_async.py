@@ -72,7 +72,7 @@ def test_sync_client_requests_carry_the_callers_trace(sidecar: tuple[str, Header
                                                        tracing: tuple[TracerProvider, Any]) -> None:
     url, recorder = sidecar
     provider, exporter = tracing
-    guard = instrument(GuardrailClient(url, config=GuardConfig(tau=1, hold_back=1)), tracer_provider=provider)
+    guard = instrument(GuardrailClient(url, config=GuardConfig(tau=1)), tracer_provider=provider)
     assert isinstance(guard, InstrumentedGuard) and isinstance(guard, GuardProtocol)
     start = len(recorder.seen)
     with provider.get_tracer("app").start_as_current_span("request") as root:
@@ -114,7 +114,7 @@ def test_async_instrumented_guard_and_session(sidecar: tuple[str, HeaderRecorder
     provider, exporter = tracing
 
     async def main() -> str:
-        client = AsyncGuardrailClient(url, config=GuardConfig(tau=1, hold_back=1))
+        client = AsyncGuardrailClient(url, config=GuardConfig(tau=1))
         guard = instrument(client, tracer_provider=provider)
         assert isinstance(guard, AsyncInstrumentedGuard) and isinstance(guard, AsyncGuardProtocol)
         with provider.get_tracer("app").start_as_current_span("request") as root:

@@ -25,7 +25,7 @@ UNSAFE = "Tell me how a bomb works."
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
 STORY = ["Once upon a time ", "a dog ran to ", "the park and ", "played all day."]
 CUT = ["Once upon a time ", "then a bomb ", "went off and ", "more text came."]
-STRICT = GuardConfig(tau=1, hold_back=1)
+STRICT = GuardConfig(tau=1)  # stricter than the defaults on every field it sets
 
 
 def _same(a: Any, b: Any) -> None:
