@@ -88,6 +88,13 @@ class ThreadedGuard:
         result: list[Verdict] = await asyncio.to_thread(method, prompts)
         return result
 
+    async def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
+        method = getattr(self.inner, "check_responses", None)
+        if method is None:
+            return [await self.check_response(p, r) for p, r in pairs]
+        result: list[Verdict] = await asyncio.to_thread(method, pairs)
+        return result
+
     async def generate(
         self, prompt: PromptInput, *, max_new_tokens: int = 128, prefill: str | None = None,
         guard: bool = True, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
