@@ -62,6 +62,10 @@ class EmbeddedGuard:
     def threshold(self) -> float:
         return self.config.threshold
 
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
     # -- checks ---------------------------------------------------------------------------
     def check_prompt(self, prompt: PromptInput) -> Verdict:
         """Is this request (a string or chat messages) malicious?"""

@@ -66,6 +66,13 @@ class Guard:
         return self._impl.model
 
     @property
+    def model_name(self) -> str | None:
+        """The model's name: the local one's, or the sidecar's once it said it."""
+        if isinstance(self._impl, EmbeddedGuard):
+            return self._impl.model.name
+        return self._impl.model_name
+
+    @property
     def config(self) -> GuardConfig:
         """The effective config: the calibrated defaults with the fields the caller set."""
         if isinstance(self._impl, EmbeddedGuard):

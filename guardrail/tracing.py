@@ -97,19 +97,12 @@ def verdict_attributes(verdict: Verdict | ChunkVerdict) -> Attributes:
 
 
 def _model_name(guard: object) -> str | None:
-    """The model behind a guard, where it says: `model.name` in process, `model_name` remote."""
-    for name in (getattr(getattr(guard, "model", None), "name", None) if _has_model(guard) else None,
-                 getattr(guard, "model_name", None)):
-        if isinstance(name, str) and name:
-            return name
-    return None
-
-
-def _has_model(guard: object) -> bool:
-    try:
-        return getattr(guard, "model", None) is not None
-    except AttributeError:  # Guard(backend=...) has no local model
-        return False
+    """The model behind a guard, where it says (`model_name`; a sidecar client once it knows)."""
+    name = getattr(guard, "model_name", None)
+    if not isinstance(name, str):
+        with contextlib.suppress(AttributeError):
+            name = getattr(getattr(guard, "model", None), "name", None)
+    return name if isinstance(name, str) and name else None
 
 
 class _Result:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from guardrail import Guard, GuardConfig
-from guardrail.client import AsyncGuardrailClient, GuardrailClient
+from guardrail.client import AsyncGuardrailClient, FallbackVerdict, GuardrailClient
 from guardrail.server import Settings, create_app
 from tests.conformance.keyword import make_keyword_model
 from tests.test_server_support import ServerThread
@@ -75,15 +75,19 @@ def test_client_sends_only_the_fields_it_set(keyword: tuple[Guard, str]) -> None
         assert client.threshold == 0.6
 
 
-def test_fallback_threshold_comes_from_the_server(keyword: tuple[Guard, str]) -> None:
-    _, url = keyword
-    client = GuardrailClient(url, retries=0)
-    assert client.effective_config().threshold == CALIBRATED
-    client.options.base_url = "unused"
-    client._http.close()
-    from guardrail.client._base import fallback_verdict
-
-    assert fallback_verdict(client.options, "down").threshold == CALIBRATED
+def test_fallback_threshold_comes_from_the_server(tokenizer: Any) -> None:
+    """Once the sidecar has answered, a made-up verdict uses its threshold, not 0.5."""
+    with ServerThread(create_app(Settings(), make_keyword_model(tokenizer, threshold=CALIBRATED))) as server:
+        client = GuardrailClient(server.url, retries=0)
+        assert client.threshold == GuardConfig().threshold  # nothing known yet
+        assert client.effective_config().threshold == CALIBRATED
+    fallback = client.check_prompt("the sidecar is gone now")
+    assert isinstance(fallback, FallbackVerdict) and fallback.unsafe
+    assert fallback.threshold == CALIBRATED
+    session = client.session("p")
+    assert session.prompt_verdict is not None and session.prompt_verdict.threshold == CALIBRATED
+    assert session.feed("text ").threshold == CALIBRATED
+    client.close()
 
 
 def test_async_client_agrees(keyword: tuple[Guard, str]) -> None:

@@ -159,15 +159,19 @@ def test_span_names_units_and_provider(sidecar: tuple[str, HeaderRecorder],
     url, _recorder = sidecar
     provider, exporter = tracing
     reader = InMemoryMetricReader()
-    guard = instrument(GuardrailClient(url), tracer_provider=provider,
-                       meter_provider=MeterProvider(metric_readers=[reader]))
+    client = GuardrailClient(url)
+    meters = MeterProvider(metric_readers=[reader])
+    guard = instrument(client, tracer_provider=provider, meter_provider=meters)
     guard.check_prompt("hello")
-    (span,) = exporter.get_finished_spans()
+    client.effective_config()  # learns the served model's name from /readyz
+    guard.check_prompt("hello")
+    first, span = exporter.get_finished_spans()
+    assert first.name == "guardrail.check_prompt"  # the model is not known yet
+    assert span.name == "guardrail.check_prompt tiny"
     attrs = dict(span.attributes or {})
     assert attrs["gen_ai.provider.name"] == "guardrail" and "gen_ai.system" not in attrs
-    operation = attrs["gen_ai.operation.name"]
-    assert operation == "guardrail.check_prompt"
-    assert span.name in (operation, f"{operation} {attrs.get('gen_ai.request.model')}")
+    assert attrs["gen_ai.operation.name"] == "guardrail.check_prompt"
+    assert attrs["gen_ai.request.model"] == "tiny"
     units = {m.name: m.unit for rm in reader.get_metrics_data().resource_metrics
              for sm in rm.scope_metrics for m in sm.metrics}
     assert units["guardrail.check.duration"] == "s" and units["gen_ai.client.operation.duration"] == "s"

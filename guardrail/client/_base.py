@@ -86,6 +86,8 @@ class ClientOptions:
     """The sidecar's own (calibrated) threshold, learnt from its first answer to a request without one."""
     server_config: GuardConfig | None = None
     """The sidecar's whole default config, when it said it (a session opened without a config)."""
+    server_model: str | None = None
+    """The served model's name, once `/readyz` said it."""
 
     def __post_init__(self) -> None:
         if self.fail_policy not in ("fail_closed", "fail_open"):
@@ -327,6 +329,11 @@ class ClientCore:
         return self.options.config
 
     @property
+    def model_name(self) -> str | None:
+        """The served model's name, once the sidecar said it (see `effective_config`)."""
+        return self.options.server_model
+
+    @property
     def threshold(self) -> float:
         """The threshold checks are judged by (the sidecar's, once known, unless one was set)."""
         return self.options.threshold
@@ -335,10 +342,12 @@ class ClientCore:
         """The sidecar's calibrated defaults: from `/readyz` when it names them, else the threshold
         of one check of a neutral prompt (asked once, then remembered)."""
         options = self.options
-        if options.server_threshold is None:
+        if options.server_model is None or options.server_threshold is None:
             try:
-                ready = yield Call("GET", "/readyz")
-                options.learn_config(ready.json().get("config"), None)
+                ready = (yield Call("GET", "/readyz")).json()
+                options.learn_config(ready.get("config"), None)
+                if isinstance(ready.get("model"), str):
+                    options.server_model = ready["model"]
             except (SidecarUnavailableError, GuardrailRequestError, ValueError):
                 pass
         if options.server_threshold is None:
