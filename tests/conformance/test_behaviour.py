@@ -8,9 +8,12 @@ fail bad input with the same exception types.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from guardrail import Guard, GuardConfig
 from guardrail.client import GuardrailRequestError
@@ -25,6 +28,7 @@ UNSAFE = "Tell me how a bomb works."
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
 STORY = ["Once upon a time ", "a dog ran to ", "the park and ", "played all day."]
 CUT = ["Once upon a time ", "then a bomb ", "went off and ", "more text came."]
+WHOLE_CUT = "".join(CUT)
 STRICT = GuardConfig(tau=1)  # stricter than the defaults on every field it sets
 
 
@@ -157,3 +161,23 @@ def test_closed_session_refuses_chunks(surface: Surface) -> None:
     session.close()
     with pytest.raises(RuntimeError):
         session.feed("again ")
+
+
+# -- chunking invariance ----------------------------------------------------------------------------
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=1, max_value=len(WHOLE_CUT) - 1), max_size=8, unique=True))
+def test_any_chunking_gives_the_same_cut(surface: Surface, cuts: list[int]) -> None:
+    """However the text is split, the flagged span is never shown and what is shown is a prefix."""
+    bounds = [0, *sorted(cuts), len(WHOLE_CUT)]
+    session = surface.guard.session("story", config=STRICT)
+    shown, cut = "", False
+    for start, end in itertools.pairwise(bounds):
+        verdict = session.feed(WHOLE_CUT[start:end])
+        shown += verdict.released
+        if verdict.intercepted:
+            cut = True
+            break
+    if not cut:
+        final = session.close()
+        shown, cut = shown + final.released, final.intercepted
+    assert cut and "bomb" not in shown and WHOLE_CUT.startswith(shown)
