@@ -23,6 +23,7 @@ from guardrail.types import (
 
 if TYPE_CHECKING:
     from guardrail.client import AsyncGuardrailClient, GuardrailClient
+    from guardrail.embedded import EmbeddedGuard
     from guardrail.guard import Guard
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "ChatMessage",
     "ChunkVerdict",
     "DoneEvent",
+    "EmbeddedGuard",
     "GenerationEvent",
     "GenerationResult",
     "Guard",
@@ -49,6 +51,10 @@ def __getattr__(name: str) -> Any:
         from guardrail.guard import Guard
 
         return Guard
+    if name == "EmbeddedGuard":
+        from guardrail.embedded import EmbeddedGuard
+
+        return EmbeddedGuard
     if name in ("GuardrailClient", "AsyncGuardrailClient"):
         import guardrail.client as client
 

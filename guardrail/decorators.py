@@ -20,21 +20,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, overload
 
 from guardrail.errors import GuardrailViolation, Stage
-from guardrail.streaming import (
-    DEFAULT_REPLACEMENT,
-    NO_PROMPT,
-    OnViolation,
-    PromptLike,
-    VerdictHook,
-    acall,
-    as_prompt,
-    default_guard,
-    judge,
-    moderate,
-    resolve_guard,
-    set_default_guard,
-)
-from guardrail.types import GuardConfig, Verdict
+from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
+from guardrail.stream.bridge import AnyGuard, as_async, require_sync
+from guardrail.stream.default import aresolve_guard, resolve_guard, set_default_guard
+from guardrail.stream.moderate import DEFAULT_REPLACEMENT, OnViolation, moderate
+from guardrail.stream.moderator import VerdictHook, judge
+from guardrail.stream.prompts import NO_PROMPT, as_prompt
+from guardrail.types import GuardConfig, PromptInput, Verdict
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,13 +40,14 @@ def _default_output_text(value: Any) -> str | None:
 
 
 class _Spec:
-    """Everything a guarded call needs, resolved once at decoration time."""
+    """Everything a guarded call needs, resolved once at decoration time, and the steps every
+    variant (plain, async, generator, async generator) shares."""
 
     def __init__(
         self,
         fn: Callable[..., Any],
         *,
-        guard: Any | None,
+        guard: AnyGuard | None,
         config: GuardConfig | None,
         check_input: bool,
         check_output: bool,
@@ -82,7 +75,7 @@ class _Spec:
         self.chunk_chars = chunk_chars
         self.on_verdict = on_verdict
 
-    def prompt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PromptLike | None:
+    def prompt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PromptInput | None:
         """The request in this call: from `prompt_from`, the named argument, or the first prompt-like one."""
         if self.prompt_from is not None:
             return as_prompt(self.prompt_from(*args, **kwargs))
@@ -99,19 +92,38 @@ class _Spec:
                 return found
         return None
 
-    def judged(self, stage: Stage, verdict: Verdict) -> Verdict:
+    # -- shared steps ---------------------------------------------------------------------------
+    def checks_input(self, prompt: PromptInput | None) -> bool:
+        return self.check_input and prompt is not None
+
+    def answer_text(self, result: Any) -> str | None:
+        """The text of a returned answer to check, or None when there is nothing to check."""
+        return self.output_text(result) if self.check_output else None
+
+    def gate(self, stage: Stage, verdict: Verdict) -> str | None:
+        """Judge a verdict: None to go on, the replacement to return or yield, or raise."""
         verdict = judge(verdict, self.config)
         if self.on_verdict is not None:
             self.on_verdict(stage, verdict)
-        return verdict
+        if not verdict.unsafe:
+            return None
+        if self.on_violation == "raise":
+            raise GuardrailViolation(verdict, stage=stage)
+        return self.replacement
 
-    def stream(self, upstream: Any, prompt: PromptLike | None) -> Any:
+    def stream(self, upstream: Any, prompt: PromptInput | None) -> Any:
         return moderate(
             upstream, prompt=prompt if prompt is not None else NO_PROMPT, guard=self.guard,
             config=self.config, on_violation=self.on_violation, replacement=self.replacement,
-            chunk_chars=self.chunk_chars, check_input=self.check_input and prompt is not None,
+            chunk_chars=self.chunk_chars, check_input=self.checks_input(prompt),
             on_verdict=self.on_verdict,
         )
+
+    def sync_guard(self) -> GuardProtocol:
+        return require_sync(resolve_guard(self.guard))
+
+    async def async_guard(self) -> AsyncGuardProtocol:
+        return as_async(await aresolve_guard(self.guard))
 
 
 def _wrap(spec: _Spec) -> Callable[..., Any]:
@@ -146,63 +158,44 @@ def _wrap(spec: _Spec) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            guard = spec.guard if spec.guard is not None else await _adefault()
+            guard = await spec.async_guard()
             prompt = spec.prompt(args, kwargs)
-            if spec.check_input and prompt is not None:
-                verdict = spec.judged("input", await acall(guard, "check_prompt", prompt))
-                if verdict.unsafe:
-                    return _violate(spec, verdict, "input")
+            if (prompt is not None and spec.check_input
+                    and (shown := spec.gate("input", await guard.check_prompt(prompt))) is not None):
+                return shown
             result = await fn(*args, **kwargs)
-            text = spec.output_text(result) if spec.check_output else None
-            if text:
-                verdict = spec.judged("output", await acall(
-                    guard, "check_response", prompt if prompt is not None else NO_PROMPT, text))
-                if verdict.unsafe:
-                    return _violate(spec, verdict, "output")
+            if text := spec.answer_text(result):
+                verdict = await guard.check_response(prompt if prompt is not None else NO_PROMPT, text)
+                if (shown := spec.gate("output", verdict)) is not None:
+                    return shown
             return result
 
         return async_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        guard = resolve_guard(spec.guard)
+        guard = spec.sync_guard()
         prompt = spec.prompt(args, kwargs)
-        if spec.check_input and prompt is not None:
-            verdict = spec.judged("input", guard.check_prompt(prompt))
-            if verdict.unsafe:
-                return _violate(spec, verdict, "input")
+        if (prompt is not None and spec.check_input
+                and (shown := spec.gate("input", guard.check_prompt(prompt))) is not None):
+            return shown
         result = fn(*args, **kwargs)
-        text = spec.output_text(result) if spec.check_output else None
-        if text:
-            verdict = spec.judged("output", guard.check_response(
-                prompt if prompt is not None else NO_PROMPT, text))
-            if verdict.unsafe:
-                return _violate(spec, verdict, "output")
+        if text := spec.answer_text(result):
+            verdict = guard.check_response(prompt if prompt is not None else NO_PROMPT, text)
+            if (shown := spec.gate("output", verdict)) is not None:
+                return shown
         return result
 
     return wrapper
 
 
-async def _adefault() -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(default_guard)
-
-
-def _violate(spec: _Spec, verdict: Verdict, stage: Stage) -> str:
-    if spec.on_violation == "raise":
-        raise GuardrailViolation(verdict, stage=stage)
-    return spec.replacement
-
-
-def _input_gate_sync(spec: _Spec, prompt: PromptLike | None, upstream: Iterator[Any]) -> Iterator[Any]:
+def _input_gate_sync(spec: _Spec, prompt: PromptInput | None, upstream: Iterator[Any]) -> Iterator[Any]:
     """Input check only: a generator whose output is not moderated."""
     try:
-        if spec.check_input and prompt is not None:
-            verdict = spec.judged("input", resolve_guard(spec.guard).check_prompt(prompt))
-            if verdict.unsafe:
-                yield _violate(spec, verdict, "input")
-                return
+        if (prompt is not None and spec.check_input
+                and (shown := spec.gate("input", spec.sync_guard().check_prompt(prompt))) is not None):
+            yield shown
+            return
         yield from upstream
     finally:
         close = getattr(upstream, "close", None)
@@ -211,14 +204,13 @@ def _input_gate_sync(spec: _Spec, prompt: PromptLike | None, upstream: Iterator[
 
 
 async def _input_gate_async(
-    spec: _Spec, prompt: PromptLike | None, upstream: AsyncIterator[Any]
+    spec: _Spec, prompt: PromptInput | None, upstream: AsyncIterator[Any]
 ) -> AsyncIterator[Any]:
     try:
-        if spec.check_input and prompt is not None:
-            guard = spec.guard if spec.guard is not None else await _adefault()
-            verdict = spec.judged("input", await acall(guard, "check_prompt", prompt))
-            if verdict.unsafe:
-                yield _violate(spec, verdict, "input")
+        if prompt is not None and spec.checks_input(prompt):
+            guard = await spec.async_guard()
+            if (shown := spec.gate("input", await guard.check_prompt(prompt))) is not None:
+                yield shown
                 return
         async for item in upstream:
             yield item
@@ -237,7 +229,7 @@ def guarded(
     fn: None = None,
     /,
     *,
-    guard: Any | None = ...,
+    guard: AnyGuard | None = ...,
     config: GuardConfig | None = ...,
     check_input: bool = ...,
     check_output: bool = ...,
@@ -255,7 +247,7 @@ def guarded(
     fn: Callable[..., Any] | None = None,
     /,
     *,
-    guard: Any | None = None,
+    guard: AnyGuard | None = None,
     config: GuardConfig | None = None,
     check_input: bool = True,
     check_output: bool = True,
@@ -269,7 +261,8 @@ def guarded(
 ) -> Any:
     """Guard a function's request and answer; usable bare (`@guarded`) or with options.
 
-    guard: a `Guard` (embedded or `Guard(backend=URL)`); default: one shared embedded guard,
+    guard: any guard (`Guard()`, `Guard(backend=URL)`, a sidecar client, an instrumented
+        guard; an async guard for async functions); default: one shared embedded guard,
         created on first call.
     config: threshold / tau / hold-back for this function (checks are re-labelled against
         its threshold; streams use it for their moderation session).

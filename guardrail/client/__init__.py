@@ -12,6 +12,7 @@ from guardrail.client.errors import (
     GuardrailAuthError,
     GuardrailError,
     GuardrailRequestError,
+    SessionClosedRemoteError,
     SidecarUnavailableError,
 )
 from guardrail.client.sync import GuardrailClient, RemoteSession
@@ -27,5 +28,6 @@ __all__ = [
     "GuardrailError",
     "GuardrailRequestError",
     "RemoteSession",
+    "SessionClosedRemoteError",
     "SidecarUnavailableError",
 ]

@@ -1,49 +1,40 @@
-"""`AsyncGuardrailClient`: the same methods and types as `GuardrailClient`, for asyncio."""
+"""`AsyncGuardrailClient`: the same methods and types as `GuardrailClient`, for asyncio.
+
+Every request sequence is a plan from `_base` (shared with the sync client); this module only
+drives them with `httpx.AsyncClient`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
 
 import httpx
 
 from guardrail.client._base import (
-    REPLICA_HEADER,
+    Attempts,
+    ClientCore,
     ClientOptions,
     FailPolicy,
-    Prompt,
-    StreamLedger,
-    collect_result,
-    describe,
-    fallback_chunk,
-    fallback_verdict,
+    Plan,
+    SessionCore,
     generate_body,
-    is_gone,
-    log,
-    parse_event,
-    prompt_json,
     raise_for_error,
-    retry_delay,
-    should_retry,
-    with_config,
+    trace_headers,
 )
-from guardrail.client.errors import GuardrailRequestError, SidecarUnavailableError
-from guardrail.client.sse import SSEParser
-from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, GuardConfig, Verdict
+from guardrail.client.errors import GuardrailError, SidecarUnavailableError
+from guardrail.client.sse import aiter_events
+from guardrail.events import ResultCollector
+from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, GuardConfig, PromptInput, Verdict
+
+T = TypeVar("T")
 
 
-class AsyncGuardrailClient:
+class AsyncGuardrailClient(ClientCore):
     """Checks, guarded generation and stream moderation against `guardrail serve`, async.
 
-    Connection pooling and timeouts come from httpx; connect errors, 429 and 503 are
-    retried with backoff. When the sidecar stays unreachable, checks and chunks follow
-    `fail_policy`: "fail_closed" (default) answers unsafe and releases nothing,
-    "fail_open" answers safe; either way the verdict is a `FallbackVerdict` /
-    `FallbackChunkVerdict` naming the policy, and `fallbacks` counts them. Generation
-    cannot fall back and raises `SidecarUnavailableError`.
+    The same retries, fail policy, config and trace-context rules as `GuardrailClient`.
     """
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, config: GuardConfig | None = None,
@@ -51,87 +42,104 @@ class AsyncGuardrailClient:
                  retries: int = 3, backoff_s: float = 0.2, max_backoff_s: float = 5.0,
                  fail_policy: FailPolicy = "fail_closed", headers: dict[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.options = ClientOptions(base_url, config, api_key, timeout, connect_timeout, retries, backoff_s,
-                                     max_backoff_s, fail_policy, dict(headers or {}))
-        self.config = config
-        self.fallbacks = 0
+        super().__init__(ClientOptions(base_url, config, api_key, timeout, connect_timeout, retries,
+                                       backoff_s, max_backoff_s, fail_policy, dict(headers or {})))
         self._http = httpx.AsyncClient(transport=transport, **self.options.httpx_kwargs())
 
     # -- plumbing -----------------------------------------------------------------------------
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        attempt = 0
+        request = self._http.build_request(method, path, json=body, headers=trace_headers())
+        attempts = Attempts(self.options)
         while True:
             try:
-                response = await self._http.request(method, path, json=body)
+                response = await self._http.send(request)
             except httpx.TransportError as exc:
-                if should_retry(attempt, self.options, error=exc):
-                    await asyncio.sleep(retry_delay(attempt, self.options, None))
-                    attempt += 1
-                    continue
-                raise SidecarUnavailableError(describe(exc)) from exc
-            if should_retry(attempt, self.options, response=response):
-                await asyncio.sleep(retry_delay(attempt, self.options, response))
-                attempt += 1
-                continue
-            raise_for_error(response)
-            return response
+                delay = attempts.after_error(exc)
+            else:
+                if (delay_or_none := attempts.after_response(response)) is None:
+                    raise_for_error(response)
+                    return response
+                delay = delay_or_none
+            await asyncio.sleep(delay)
+
+    async def _run(self, plan: Plan[T]) -> T:
+        """Drive a plan: make each request it yields and send it the answer (or the error)."""
+        try:
+            call = next(plan)
+            while True:
+                try:
+                    response = await self._request(call.method, call.path, call.body)
+                except GuardrailError as exc:
+                    call = plan.throw(exc)
+                else:
+                    call = plan.send(response)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def effective_config(self) -> GuardConfig:
+        """The config the sidecar judges this client's requests by: its calibrated defaults with
+        the fields this client set (asks the sidecar once when not yet known)."""
+        return await self._run(self._defaults_plan())
 
     # -- checks -------------------------------------------------------------------------------
-    async def check_prompt(self, prompt: Prompt) -> Verdict:
+    async def check_prompt(self, prompt: PromptInput) -> Verdict:
         """Is this request (a string or chat messages) malicious?"""
-        return await self._check({"prompt": prompt_json(prompt)})
+        return await self._run(self._check_plan(prompt, None))
 
-    async def check_response(self, prompt: Prompt, response: str) -> Verdict:
+    async def check_response(self, prompt: PromptInput, response: str) -> Verdict:
         """Is this response, to this request, unsafe to show?"""
-        return await self._check({"prompt": prompt_json(prompt), "response": response})
+        return await self._run(self._check_plan(prompt, response))
 
-    async def _check(self, body: dict[str, Any]) -> Verdict:
-        try:
-            data = (await self._request("POST", "/v1/check", with_config(body, self.config))).json()
-            return Verdict.model_validate(data)
-        except SidecarUnavailableError as exc:
-            self.fallbacks += 1
-            return fallback_verdict(self.options, str(exc))
+    async def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]:
+        """One verdict per request, in one round trip (the sidecar batches them)."""
+        return await self._run(self._batch_plan([(p, None) for p in prompts]))
+
+    async def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
+        """One verdict per (request, response) pair, in one round trip."""
+        return await self._run(self._batch_plan(list(pairs)))
 
     # -- generation ---------------------------------------------------------------------------
-    async def generate(self, prompt: Prompt, *, max_new_tokens: int = 128, prefill: str | None = None,
-                 guard: bool = True, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 config: GuardConfig | None = None) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, prompt: PromptInput, *, max_new_tokens: int = 128, prefill: str | None = None,
+                       guard: bool = True, temperature: float = 0.0, top_p: float = 1.0,
+                       seed: int | None = None, config: GuardConfig | None = None,
+                       ) -> AsyncIterator[GenerationEvent]:
         """Stream guarded generation events (token, score, intercept, done) from the sidecar."""
-        body = generate_body(prompt, config or self.config, max_new_tokens=max_new_tokens, prefill=prefill,
-                             guard=guard, temperature=temperature, top_p=top_p, seed=seed)
-        attempt = 0
+        body = generate_body(prompt, self.options.config_json(config), max_new_tokens=max_new_tokens,
+                             prefill=prefill, guard=guard, temperature=temperature, top_p=top_p, seed=seed)
+        request = self._http.build_request("POST", "/v1/generate", json=body, headers=trace_headers())
+        attempts = Attempts(self.options)
         while True:
             try:
-                async with self._http.stream("POST", "/v1/generate", json=body) as response:
-                    if should_retry(attempt, self.options, response=response):
-                        delay = retry_delay(attempt, self.options, response)
-                    else:
-                        if response.status_code >= 400:
-                            await response.aread()
-                            raise_for_error(response)
-                        parser = SSEParser()
-                        async for line in response.aiter_lines():
-                            message = parser.feed(line)
-                            if message is not None:
-                                yield parse_event(message)
-                        return
+                response = await self._http.send(request, stream=True)
             except httpx.TransportError as exc:
-                if not should_retry(attempt, self.options, error=exc):
-                    raise SidecarUnavailableError(describe(exc)) from exc
-                delay = retry_delay(attempt, self.options, None)
+                await asyncio.sleep(attempts.after_error(exc))
+                continue
+            try:
+                delay = attempts.after_response(response)
+                if delay is None:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise_for_error(response)
+                    async for event in aiter_events(response):
+                        yield event
+                    return
+            finally:
+                await response.aclose()
             await asyncio.sleep(delay)
-            attempt += 1
 
-    async def generate_text(self, prompt: Prompt, **kwargs: Any) -> GenerationResult:
+    async def generate_text(self, prompt: PromptInput, **kwargs: Any) -> GenerationResult:
         """Run `generate` to the end: the final text and whether it was cut."""
-        return collect_result([event async for event in self.generate(prompt, **kwargs)])
+        collector = ResultCollector()
+        async for event in self.generate(prompt, **kwargs):
+            collector.add(event)
+        return collector.result(SidecarUnavailableError)
 
     # -- stream moderation ----------------------------------------------------------------------
-    async def session(self, prompt: Prompt, *, config: GuardConfig | None = None) -> AsyncRemoteSession:
+    async def session(self, prompt: PromptInput, *, config: GuardConfig | None = None) -> AsyncRemoteSession:
         """Moderate another model's stream on the sidecar: `await feed(chunk)`, then `await close()`."""
-        session = AsyncRemoteSession(self, config or self.config)
-        await session.start(prompt)
+        session = AsyncRemoteSession(self, prompt, config)
+        await session.start()
         return session
 
     async def close(self) -> None:
@@ -144,110 +152,30 @@ class AsyncGuardrailClient:
         await self.close()
 
 
-class AsyncRemoteSession:
+class AsyncRemoteSession(SessionCore):
     """A moderation session held by the sidecar (its KV cache stays there)."""
 
-    def __init__(self, client: AsyncGuardrailClient, config: GuardConfig | None) -> None:
+    client: AsyncGuardrailClient
+
+    def __init__(self, client: AsyncGuardrailClient, prompt: PromptInput, config: GuardConfig | None) -> None:
+        super().__init__(client, prompt, config)
         self.client = client
-        self.config = config
-        self.id: str | None = None
-        self.degraded: str | None = None
-        self.tokens = 0
-        self.replays = 0  # times the session was rebuilt after a 410 (replica lost, expired)
-        self.replica: str | None = None  # the replica that served the last answer, when named
-        self.prompt_verdict: Verdict | None = None
-        self._prompt: Prompt = ""
-        self._ledger = StreamLedger()
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""  # sent to the sidecar, not yet released by it
 
-    async def start(self, prompt: Prompt) -> Verdict:
-        self._prompt = prompt
-        try:
-            self.prompt_verdict = await self._create()
-        except SidecarUnavailableError as exc:
-            self.degraded = str(exc)
-            self.client.fallbacks += 1
-            self.prompt_verdict = fallback_verdict(self.client.options, self.degraded)
-        return self.prompt_verdict
-
-    async def _create(self) -> Verdict:
-        response = await self.client._request("POST", "/v1/sessions",
-                                              with_config({"prompt": prompt_json(self._prompt)}, self.config))
-        created = response.json()
-        self.id = created["id"]
-        self.replica = response.headers.get(REPLICA_HEADER)
-        return Verdict.model_validate(created["prompt"])
-
-    async def _post(self, path: str, body: dict[str, Any] | None) -> ChunkVerdict:
-        response = await self.client._request("POST", path, body)
-        self.replica = response.headers.get(REPLICA_HEADER, self.replica)
-        return ChunkVerdict.model_validate(response.json())
+    async def start(self) -> Verdict | None:
+        """Open the session on the sidecar (the request's check runs here)."""
+        return await self.client._run(self._start_plan())
 
     async def feed(self, chunk: str | bytes) -> ChunkVerdict:
         """Add one chunk; `released` is the text now safe to show."""
-        text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
-        return await self._send(f"/v1/sessions/{self.id}/chunks", {"text": text}, text)
+        return await self.client._run(self._feed_plan(chunk))
 
     async def close(self) -> ChunkVerdict:
         """End of the stream: the tail is checked and released if safe."""
-        tail = self._decoder.decode(b"", final=True)
-        first = await self.feed(tail) if tail else None
-        if first is not None and first.intercepted:
-            return first
-        verdict = await self._send(f"/v1/sessions/{self.id}/close", None, "")
-        if first is not None and first.released:  # what the tail's chunk released is not lost
-            verdict = verdict.model_copy(update={"released": first.released + verdict.released})
-        return verdict
+        return await self.client._run(self._close_plan())
 
     async def delete(self) -> None:
         """Free the session on the sidecar now rather than at its idle TTL."""
-        if self.id is None:
-            return
-        with contextlib.suppress(GuardrailRequestError, SidecarUnavailableError):
-            await self.client._request("DELETE", f"/v1/sessions/{self.id}")
-
-    async def _send(self, path: str, body: dict[str, Any] | None, text: str) -> ChunkVerdict:
-        self._pending += text
-        if self.degraded is None:
-            try:
-                try:
-                    verdict = await self._post(path, body)
-                except GuardrailRequestError as exc:
-                    if not is_gone(exc):
-                        raise
-                    verdict = await self._replay(text, closing=body is None, reason=exc.server_message)
-                verdict = self._ledger.show(verdict, text)
-                self.tokens = verdict.tokens
-                self._pending = self._pending[len(verdict.released):]
-                return verdict
-            except SidecarUnavailableError as exc:
-                self.degraded = str(exc)
-        self.client.fallbacks += 1
-        # fail_open releases everything the sidecar still held back, so no text is lost
-        pending, self._pending = self._pending, ""
-        return fallback_chunk(self.client.options, self.degraded, pending, self.tokens)
-
-    async def _replay(self, text: str, *, closing: bool, reason: str) -> ChunkVerdict:
-        """Rebuild a lost session elsewhere: one new session, the whole text so far as one
-        chunk, then the close if that was the request. A failed replay counts as unavailable."""
-        self.replays += 1
-        log.warning("guardrail session %s lost (%s); replaying %d characters", self.id, reason,
-                    len(self._ledger.sent) + len(text))
-        try:
-            await self._create()
-            replay = self._ledger.replaying(text)
-            first: ChunkVerdict | None = None
-            if replay or not closing:
-                first = await self._post(f"/v1/sessions/{self.id}/chunks", {"text": replay})
-                if not closing or first.intercepted:
-                    return first
-            verdict = await self._post(f"/v1/sessions/{self.id}/close", None)
-        except GuardrailRequestError as exc:
-            raise SidecarUnavailableError(f"session lost and its replay failed: {exc}") from exc
-        if first is not None and first.released:
-            verdict = verdict.model_copy(update={"released": first.released + verdict.released})
-        return verdict
+        await self.client._run(self._delete_plan())
 
     async def __aenter__(self) -> AsyncRemoteSession:
         return self

@@ -23,3 +23,11 @@ class GuardrailAuthError(GuardrailRequestError):
 
 class SidecarUnavailableError(GuardrailError):
     """The sidecar could not be reached or kept failing after the retries."""
+
+
+class SessionClosedRemoteError(GuardrailRequestError, RuntimeError):
+    """409: a chunk after the session was closed or intercepted.
+
+    A `RuntimeError` as well, like the embedded session's `SessionClosedError`, so one
+    `except RuntimeError` handles both guards.
+    """

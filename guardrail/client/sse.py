@@ -1,39 +1,36 @@
-"""A minimal server-sent events parser, fed line by line (sync and async clients share it)."""
+"""Server-sent events of a streamed response, parsed by httpx-sse (sync and async)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
+from pydantic import TypeAdapter
+
+from guardrail.client.errors import SidecarUnavailableError
+from guardrail.types import GenerationEvent
+
+_EVENTS: TypeAdapter[GenerationEvent] = TypeAdapter(GenerationEvent)
+SSEMessage = ServerSentEvent
+"""One server-sent event (`event`, `data`, `id`, `retry`)."""
 
 
-@dataclass
-class SSEMessage:
-    event: str
-    data: str
+def parse_event(message: ServerSentEvent) -> GenerationEvent:
+    """A generation event; an `error` event means the sidecar failed mid-stream."""
+    if message.event == "error":
+        raise SidecarUnavailableError(f"generation failed on the sidecar: {message.data}")
+    return _EVENTS.validate_json(message.data)
 
 
-class SSEParser:
-    def __init__(self) -> None:
-        self._event = ""
-        self._data: list[str] = []
+def iter_events(response: httpx.Response) -> Iterator[GenerationEvent]:
+    for message in EventSource(response).iter_sse():
+        yield parse_event(message)
 
-    def feed(self, line: str) -> SSEMessage | None:
-        """One line without its newline; returns a message when a blank line ends one."""
-        line = line.rstrip("\r")
-        if not line:
-            if not self._data and not self._event:
-                return None
-            message = SSEMessage(self._event or "message", "\n".join(self._data))
-            self._event, self._data = "", []
-            return message
-        if line.startswith(":"):
-            return None  # comment (keep-alive ping)
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "event":
-            self._event = value
-        elif field == "data":
-            self._data.append(value)
-        return None
 
-    def flush(self) -> SSEMessage | None:
-        return self.feed("")
+async def aiter_events(response: httpx.Response) -> AsyncIterator[GenerationEvent]:
+    async for message in EventSource(response).aiter_sse():
+        yield parse_event(message)
+
+
+__all__ = ["SSEMessage", "aiter_events", "iter_events", "parse_event"]

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import codecs
-import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import httpx
 
 from guardrail.client._base import (
-    REPLICA_HEADER,
+    Attempts,
+    Call,
+    ClientCore,
     ClientOptions,
     FailPolicy,
-    Prompt,
-    StreamLedger,
+    Plan,
+    SessionCore,
     collect_result,
-    describe,
-    fallback_chunk,
-    fallback_verdict,
     generate_body,
-    is_gone,
-    log,
-    parse_event,
-    prompt_json,
     raise_for_error,
-    retry_delay,
-    should_retry,
-    with_config,
+    trace_headers,
 )
-from guardrail.client.errors import GuardrailRequestError, SidecarUnavailableError
-from guardrail.client.sse import SSEParser
-from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, GuardConfig, Verdict
+from guardrail.client.errors import GuardrailError
+from guardrail.client.sse import iter_events
+from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, GuardConfig, PromptInput, Verdict
+
+T = TypeVar("T")
 
 
-class GuardrailClient:
+class GuardrailClient(ClientCore):
     """Checks, guarded generation and stream moderation against `guardrail serve`.
 
     Connection pooling and timeouts come from httpx; connect errors, 429 and 503 are
@@ -44,6 +37,9 @@ class GuardrailClient:
     "fail_open" answers safe; either way the verdict is a `FallbackVerdict` /
     `FallbackChunkVerdict` naming the policy, and `fallbacks` counts them. Generation
     cannot fall back and raises `SidecarUnavailableError`.
+
+    Without `config`, the sidecar's calibrated defaults apply; a config sends only the
+    fields it set. Every request carries the caller's W3C trace context.
     """
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, config: GuardConfig | None = None,
@@ -51,86 +47,98 @@ class GuardrailClient:
                  retries: int = 3, backoff_s: float = 0.2, max_backoff_s: float = 5.0,
                  fail_policy: FailPolicy = "fail_closed", headers: dict[str, str] | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.options = ClientOptions(base_url, config, api_key, timeout, connect_timeout, retries, backoff_s,
-                                     max_backoff_s, fail_policy, dict(headers or {}))
-        self.config = config
-        self.fallbacks = 0
+        super().__init__(ClientOptions(base_url, config, api_key, timeout, connect_timeout, retries,
+                                       backoff_s, max_backoff_s, fail_policy, dict(headers or {})))
         self._http = httpx.Client(transport=transport, **self.options.httpx_kwargs())
 
     # -- plumbing -----------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        attempt = 0
+        request = self._http.build_request(method, path, json=body, headers=trace_headers())
+        attempts = Attempts(self.options)
         while True:
             try:
-                response = self._http.request(method, path, json=body)
+                response = self._http.send(request)
             except httpx.TransportError as exc:
-                if should_retry(attempt, self.options, error=exc):
-                    time.sleep(retry_delay(attempt, self.options, None))
-                    attempt += 1
-                    continue
-                raise SidecarUnavailableError(describe(exc)) from exc
-            if should_retry(attempt, self.options, response=response):
-                time.sleep(retry_delay(attempt, self.options, response))
-                attempt += 1
-                continue
-            raise_for_error(response)
-            return response
+                delay = attempts.after_error(exc)
+            else:
+                if (delay_or_none := attempts.after_response(response)) is None:
+                    raise_for_error(response)
+                    return response
+                delay = delay_or_none
+            time.sleep(delay)
+
+    def _run(self, plan: Plan[T]) -> T:
+        """Drive a plan: make each request it yields and send it the answer (or the error)."""
+        try:
+            call = next(plan)
+            while True:
+                try:
+                    response = self._request(call.method, call.path, call.body)
+                except GuardrailError as exc:
+                    call = plan.throw(exc)
+                else:
+                    call = plan.send(response)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    def effective_config(self) -> GuardConfig:
+        """The config the sidecar judges this client's requests by: its calibrated defaults with
+        the fields this client set (asks the sidecar once when not yet known)."""
+        return self._run(self._defaults_plan())
 
     # -- checks -------------------------------------------------------------------------------
-    def check_prompt(self, prompt: Prompt) -> Verdict:
+    def check_prompt(self, prompt: PromptInput) -> Verdict:
         """Is this request (a string or chat messages) malicious?"""
-        return self._check({"prompt": prompt_json(prompt)})
+        return self._run(self._check_plan(prompt, None))
 
-    def check_response(self, prompt: Prompt, response: str) -> Verdict:
+    def check_response(self, prompt: PromptInput, response: str) -> Verdict:
         """Is this response, to this request, unsafe to show?"""
-        return self._check({"prompt": prompt_json(prompt), "response": response})
+        return self._run(self._check_plan(prompt, response))
 
-    def _check(self, body: dict[str, Any]) -> Verdict:
-        try:
-            response = self._request("POST", "/v1/check", with_config(body, self.config))
-            return Verdict.model_validate(response.json())
-        except SidecarUnavailableError as exc:
-            self.fallbacks += 1
-            return fallback_verdict(self.options, str(exc))
+    def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]:
+        """One verdict per request, in one round trip (the sidecar batches them)."""
+        return self._run(self._batch_plan([(p, None) for p in prompts]))
+
+    def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
+        """One verdict per (request, response) pair, in one round trip."""
+        return self._run(self._batch_plan(list(pairs)))
 
     # -- generation ---------------------------------------------------------------------------
-    def generate(self, prompt: Prompt, *, max_new_tokens: int = 128, prefill: str | None = None,
+    def generate(self, prompt: PromptInput, *, max_new_tokens: int = 128, prefill: str | None = None,
                  guard: bool = True, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  config: GuardConfig | None = None) -> Iterator[GenerationEvent]:
         """Stream guarded generation events (token, score, intercept, done) from the sidecar."""
-        body = generate_body(prompt, config or self.config, max_new_tokens=max_new_tokens, prefill=prefill,
-                             guard=guard, temperature=temperature, top_p=top_p, seed=seed)
-        attempt = 0
+        body = generate_body(prompt, self.options.config_json(config), max_new_tokens=max_new_tokens,
+                             prefill=prefill, guard=guard, temperature=temperature, top_p=top_p, seed=seed)
+        request = self._http.build_request("POST", "/v1/generate", json=body, headers=trace_headers())
+        attempts = Attempts(self.options)
         while True:
             try:
-                with self._http.stream("POST", "/v1/generate", json=body) as response:
-                    if should_retry(attempt, self.options, response=response):
-                        delay = retry_delay(attempt, self.options, response)
-                    else:
-                        if response.status_code >= 400:
-                            response.read()
-                            raise_for_error(response)
-                        parser = SSEParser()
-                        for line in response.iter_lines():
-                            message = parser.feed(line)
-                            if message is not None:
-                                yield parse_event(message)
-                        return
+                response = self._http.send(request, stream=True)
             except httpx.TransportError as exc:
-                if not should_retry(attempt, self.options, error=exc):
-                    raise SidecarUnavailableError(describe(exc)) from exc
-                delay = retry_delay(attempt, self.options, None)
+                time.sleep(attempts.after_error(exc))
+                continue
+            try:
+                delay = attempts.after_response(response)
+                if delay is None:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise_for_error(response)
+                    yield from iter_events(response)
+                    return
+            finally:
+                response.close()
             time.sleep(delay)
-            attempt += 1
 
-    def generate_text(self, prompt: Prompt, **kwargs: Any) -> GenerationResult:
+    def generate_text(self, prompt: PromptInput, **kwargs: Any) -> GenerationResult:
         """Run `generate` to the end: the final text and whether it was cut."""
         return collect_result(self.generate(prompt, **kwargs))
 
     # -- stream moderation ----------------------------------------------------------------------
-    def session(self, prompt: Prompt, *, config: GuardConfig | None = None) -> RemoteSession:
+    def session(self, prompt: PromptInput, *, config: GuardConfig | None = None) -> RemoteSession:
         """Moderate another model's stream on the sidecar: `feed(chunk)` per chunk, then `close()`."""
-        return RemoteSession(self, prompt, config or self.config)
+        return RemoteSession(self, prompt, config)
 
     def close(self) -> None:
         self._http.close()
@@ -142,108 +150,33 @@ class GuardrailClient:
         self.close()
 
 
-class RemoteSession:
+class RemoteSession(SessionCore):
     """A moderation session held by the sidecar (its KV cache stays there)."""
 
-    def __init__(self, client: GuardrailClient, prompt: Prompt, config: GuardConfig | None) -> None:
+    client: GuardrailClient
+
+    def __init__(self, client: GuardrailClient, prompt: PromptInput, config: GuardConfig | None) -> None:
+        super().__init__(client, prompt, config)
         self.client = client
-        self.id: str | None = None
-        self.degraded: str | None = None  # why the sidecar could not be used, if it could not
-        self.tokens = 0
-        self.replays = 0  # times the session was rebuilt after a 410 (replica lost, expired)
-        self.replica: str | None = None  # the replica that served the last answer, when named
-        self._prompt = prompt
-        self._config = config
-        self._ledger = StreamLedger()
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""  # sent to the sidecar, not yet released by it
-        try:
-            self.prompt_verdict: Verdict = self._create()
-        except SidecarUnavailableError as exc:
-            self.degraded = str(exc)
-            client.fallbacks += 1
-            self.prompt_verdict = fallback_verdict(client.options, self.degraded)
-
-    def _create(self) -> Verdict:
-        response = self.client._request("POST", "/v1/sessions",
-                                        with_config({"prompt": prompt_json(self._prompt)}, self._config))
-        created = response.json()
-        self.id = created["id"]
-        self.replica = response.headers.get(REPLICA_HEADER)
-        return Verdict.model_validate(created["prompt"])
-
-    def _post(self, path: str, body: dict[str, Any] | None) -> ChunkVerdict:
-        response = self.client._request("POST", path, body)
-        self.replica = response.headers.get(REPLICA_HEADER, self.replica)
-        return ChunkVerdict.model_validate(response.json())
+        client._run(self._start_plan())
 
     def feed(self, chunk: str | bytes) -> ChunkVerdict:
         """Add one chunk; `released` is the text now safe to show."""
-        text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
-        return self._send(f"/v1/sessions/{self.id}/chunks", {"text": text}, text)
+        return self.client._run(self._feed_plan(chunk))
 
     def close(self) -> ChunkVerdict:
         """End of the stream: the tail is checked and released if safe."""
-        tail = self._decoder.decode(b"", final=True)
-        first = self.feed(tail) if tail else None
-        if first is not None and first.intercepted:
-            return first
-        verdict = self._send(f"/v1/sessions/{self.id}/close", None, "")
-        if first is not None and first.released:  # what the tail's chunk released is not lost
-            verdict = verdict.model_copy(update={"released": first.released + verdict.released})
-        return verdict
+        return self.client._run(self._close_plan())
 
     def delete(self) -> None:
         """Free the session on the sidecar now rather than at its idle TTL."""
-        if self.id is None:
-            return
-        with contextlib.suppress(GuardrailRequestError, SidecarUnavailableError):
-            self.client._request("DELETE", f"/v1/sessions/{self.id}")
-
-    def _send(self, path: str, body: dict[str, Any] | None, text: str) -> ChunkVerdict:
-        self._pending += text
-        if self.degraded is None:
-            try:
-                try:
-                    verdict = self._post(path, body)
-                except GuardrailRequestError as exc:
-                    if not is_gone(exc):
-                        raise
-                    verdict = self._replay(text, closing=body is None, reason=exc.server_message)
-                verdict = self._ledger.show(verdict, text)
-                self.tokens = verdict.tokens
-                self._pending = self._pending[len(verdict.released):]
-                return verdict
-            except SidecarUnavailableError as exc:
-                self.degraded = str(exc)
-        self.client.fallbacks += 1
-        # fail_open releases everything the sidecar still held back, so no text is lost
-        pending, self._pending = self._pending, ""
-        return fallback_chunk(self.client.options, self.degraded, pending, self.tokens)
-
-    def _replay(self, text: str, *, closing: bool, reason: str) -> ChunkVerdict:
-        """Rebuild a lost session elsewhere: one new session, the whole text so far as one
-        chunk, then the close if that was the request. A failed replay counts as unavailable."""
-        self.replays += 1
-        log.warning("guardrail session %s lost (%s); replaying %d characters", self.id, reason,
-                    len(self._ledger.sent) + len(text))
-        try:
-            self._create()
-            replay = self._ledger.replaying(text)
-            first: ChunkVerdict | None = None
-            if replay or not closing:
-                first = self._post(f"/v1/sessions/{self.id}/chunks", {"text": replay})
-                if not closing or first.intercepted:
-                    return first
-            verdict = self._post(f"/v1/sessions/{self.id}/close", None)
-        except GuardrailRequestError as exc:
-            raise SidecarUnavailableError(f"session lost and its replay failed: {exc}") from exc
-        if first is not None and first.released:
-            verdict = verdict.model_copy(update={"released": first.released + verdict.released})
-        return verdict
+        self.client._run(self._delete_plan())
 
     def __enter__(self) -> RemoteSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.delete()
+
+
+__all__ = ["Call", "GuardrailClient", "RemoteSession"]

@@ -1,0 +1,165 @@
+"""`EmbeddedGuard`: the model and its safety head in this process.
+
+`Guard()` delegates here; `Guard(backend=URL)` delegates to the sidecar client instead.
+Heavy imports (torch, transformers) happen only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from guardrail.events import collect_result
+from guardrail.types import (
+    GenerationEvent,
+    GenerationResult,
+    GuardConfig,
+    PromptInput,
+    Verdict,
+    label_for,
+    merge_config,
+)
+
+if TYPE_CHECKING:
+    from guardrail.model.engine import SafetyModel
+    from guardrail.protocols import SessionProtocol
+
+
+def load_safety_model(
+    model: str | Path | None = None,
+    head: str | Path | None = None,
+    *,
+    device: str | None = "cpu",
+    dtype: str | None = None,
+    max_context: int | None = None,
+) -> SafetyModel:
+    """Load a base model and attach a trained safety head to it."""
+    from guardrail.model.engine import SafetyModel
+    from guardrail.model.head import SafetyHead, default_head_dir
+    from guardrail.model.loading import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype)
+    head_dir = Path(head) if head is not None else default_head_dir()
+    safety_head = SafetyHead.load(head_dir)
+    return SafetyModel(loaded.model, loaded.tokenizer, safety_head, name=loaded.name, max_context=max_context)
+
+
+class EmbeddedGuard:
+    """Checks, guarded generation and stream moderation by a model in this process.
+
+    Without `config`, the head's calibrated threshold applies; a config overrides only the
+    fields it set (as the sidecar does), so both give the same verdict.
+    """
+
+    def __init__(self, safety_model: SafetyModel, config: GuardConfig | None = None) -> None:
+        self.model = safety_model
+        calibrated = GuardConfig(threshold=float(safety_model.head.config.threshold))
+        self.config = merge_config(calibrated, config)
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    # -- checks ---------------------------------------------------------------------------
+    def check_prompt(self, prompt: PromptInput) -> Verdict:
+        """Is this request (a string or chat messages) malicious?"""
+        return self._checks([(prompt, None)])[0]
+
+    def check_response(self, prompt: PromptInput, response: str) -> Verdict:
+        """Is this response, to this request, unsafe to show?"""
+        return self._checks([(prompt, response)])[0]
+
+    def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]:
+        """One verdict per request; the forward passes are batched."""
+        return self._checks([(p, None) for p in prompts])
+
+    def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
+        """One verdict per (request, response) pair; the forward passes are batched."""
+        return self._checks(list(pairs))
+
+    def _checks(self, items: Sequence[tuple[PromptInput, str | None]]) -> list[Verdict]:
+        """The one-shot check: one [CLS] query over each conversation, batched in one step."""
+        from guardrail.model.engine import StepRequest
+        from guardrail.model.masks import ClsQuery
+        from guardrail.model.prompts import clean_text, encode_prompt, encode_text, fit_prompt
+
+        if not items:
+            return []
+        started = time.perf_counter()
+        model, tok, window = self.model, self.model.tokenizer, self.config.window
+        requests: list[StepRequest] = []
+        for prompt, response in items:
+            response_ids = encode_text(tok, clean_text(response)) if response else []
+            budget = model.max_context - 1
+            prompt_ids = fit_prompt(encode_prompt(tok, prompt), budget // 2 if response_ids else budget)
+            room = budget - len(prompt_ids)
+            if len(response_ids) > room:
+                response_ids = response_ids[len(response_ids) - room :]
+            query = ClsQuery(seen=len(prompt_ids) + len(response_ids), prompt_len=len(prompt_ids),
+                             window=window)
+            requests.append(StepRequest(model.new_cache(), prompt_ids + response_ids, query, False))
+        outputs = model.step_many(requests)
+        latency_ms = (time.perf_counter() - started) * 1000
+        threshold = self.config.threshold
+        return [
+            Verdict(label=label_for(float(out.score or 0.0), threshold), score=float(out.score or 0.0),
+                    threshold=threshold, tokens=request.check.seen if request.check else 0,
+                    latency_ms=latency_ms)
+            for request, out in zip(requests, outputs, strict=True)
+        ]
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: PromptInput,
+        *,
+        max_new_tokens: int = 128,
+        prefill: str | None = None,
+        guard: bool = True,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        config: GuardConfig | None = None,
+    ) -> Iterator[GenerationEvent]:
+        """Stream guarded generation events: token, score, intercept, done."""
+        from guardrail.model.decoding import SamplingParams, generate_events
+        from guardrail.model.prompts import InputError
+
+        if max_new_tokens < 1:
+            raise InputError("max_new_tokens must be >= 1")
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                seed=seed)
+        yield from generate_events(self.model, prompt, merge_config(self.config, config), params,
+                                   prefill=prefill, guard=guard)
+
+    def generate_text(self, prompt: PromptInput, **kwargs: Any) -> GenerationResult:
+        """Run `generate` to the end and return the final text and whether it was cut."""
+        return collect_result(self.generate(prompt, **kwargs))
+
+    # -- stream moderation ----------------------------------------------------------------
+    def session(self, prompt: PromptInput, *, config: GuardConfig | None = None) -> SessionProtocol:
+        """Moderate another model's stream: `feed(chunk)` per chunk, then `close()`."""
+        from guardrail.model.session import ModerationSession
+
+        session = ModerationSession(self.model, prompt, merge_config(self.config, config))
+        # ModerationSession.prompt_verdict is inferred as `Verdict` where the protocol's
+        # mutable attribute is `Verdict | None`: annotate it there (or make it read-only here)
+        return session  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Nothing to release: the model lives as long as the guard."""
+
+    def __enter__(self) -> EmbeddedGuard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["EmbeddedGuard", "load_safety_model"]

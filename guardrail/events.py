@@ -1,0 +1,52 @@
+"""Generation events folded into a `GenerationResult`: one rule for every guard.
+
+The embedded guard, both sidecar clients and the traced wrappers run `generate` to the end
+the same way; `ResultCollector.add` is the step, sync and async loops only differ in how
+they iterate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from guardrail.types import DoneEvent, GenerationEvent, GenerationResult, InterceptEvent, ScoreEvent
+
+
+class ResultCollector:
+    """Keeps the last score, the interception and the done event of one generation."""
+
+    def __init__(self) -> None:
+        self.last_score: float | None = None
+        self.intercept: InterceptEvent | None = None
+        self.done: DoneEvent | None = None
+
+    def add(self, event: GenerationEvent) -> None:
+        if isinstance(event, ScoreEvent):
+            self.last_score = event.score
+        elif isinstance(event, InterceptEvent):
+            self.intercept = event
+        elif isinstance(event, DoneEvent):
+            self.done = event
+
+    def result(self, missing: type[Exception] = RuntimeError) -> GenerationResult:
+        """The finished generation; `missing` is raised when the stream ended without `done`."""
+        done = self.done
+        if done is None:
+            raise missing("the generation stream ended without a done event")
+        return GenerationResult(
+            text=done.text, intercepted=done.intercepted, intercept_index=done.intercept_index,
+            score=self.intercept.score if self.intercept else self.last_score,
+            usage=done.usage, timings=done.timings,
+        )
+
+
+def collect_result(events: Iterable[GenerationEvent], *,
+                   missing: type[Exception] = RuntimeError) -> GenerationResult:
+    """Run a sync event stream to the end."""
+    collector = ResultCollector()
+    for event in events:
+        collector.add(event)
+    return collector.result(missing)
+
+
+__all__ = ["ResultCollector", "collect_result"]

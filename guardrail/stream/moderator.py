@@ -1,0 +1,196 @@
+"""`StreamModerator`: one moderation session driven chunk by chunk, sync or async.
+
+The steps (coalescing deltas, applying a verdict, deciding what a close must feed) are written
+once; the sync and async methods differ only in how they call the session.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+from collections.abc import Callable
+
+from guardrail.errors import GuardrailViolation
+from guardrail.protocols import AsyncSessionProtocol, SessionProtocol
+from guardrail.stream.bridge import (
+    AnyGuard,
+    AnySession,
+    as_async,
+    as_async_session,
+    require_sync,
+    require_sync_session,
+)
+from guardrail.stream.default import aresolve_guard, resolve_guard
+from guardrail.types import ChunkVerdict, GuardConfig, PromptInput, Verdict, label_for
+
+VerdictHook = Callable[[str, Verdict | ChunkVerdict], None]
+"""Called with a stage ("input", "output", "stream") and each verdict, e.g. to log or count."""
+
+
+def judge(verdict: Verdict, config: GuardConfig | None) -> Verdict:
+    """Re-label a check against `config.threshold` when the caller set its own threshold.
+
+    `check_prompt` and `check_response` judge with the guard's own threshold; the score is
+    the same either way, so a per-call threshold only changes the label. A config that does
+    not name a threshold leaves the guard's (calibrated) one in force.
+    """
+    if config is None or "threshold" not in config.model_fields_set or config.threshold == verdict.threshold:
+        return verdict
+    return verdict.model_copy(update={"label": label_for(verdict.score, config.threshold),
+                                      "threshold": config.threshold})
+
+
+class StreamModerator:
+    """One moderation session driven chunk by chunk.
+
+    Coalesces upstream deltas into chunks of at least `chunk_chars` characters (each feed is
+    one check, so this bounds the checking cost for token-sized deltas), feeds the session,
+    and accumulates the released text. Not thread-safe; one stream per moderator.
+    """
+
+    def __init__(
+        self,
+        guard: AnyGuard | None,
+        prompt: PromptInput,
+        *,
+        config: GuardConfig | None = None,
+        chunk_chars: int = 0,
+        session: AnySession | None = None,
+        on_verdict: VerdictHook | None = None,
+    ) -> None:
+        if chunk_chars < 0:
+            raise ValueError("chunk_chars must be >= 0")
+        self.guard: AnyGuard = resolve_guard(guard) if session is None or guard is None else guard
+        self.prompt = prompt
+        self.config = config
+        self.chunk_chars = chunk_chars
+        self.session: AnySession = (session if session is not None
+                                    else require_sync(self.guard).session(prompt, config=config))
+        self.pending = ""
+        self.released = ""
+        self.verdict: ChunkVerdict | None = None
+        self.finished = False
+        self.on_verdict = on_verdict
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._async: AsyncSessionProtocol | None = None
+
+    @classmethod
+    async def acreate(
+        cls, guard: AnyGuard | None, prompt: PromptInput, *, config: GuardConfig | None = None,
+        chunk_chars: int = 0, on_verdict: VerdictHook | None = None,
+    ) -> StreamModerator:
+        """Open the session without blocking the event loop (it encodes the prompt)."""
+        resolved = await aresolve_guard(guard)
+        session = await as_async(resolved).session(prompt, config=config)
+        return cls(resolved, prompt, config=config, chunk_chars=chunk_chars, session=session,
+                   on_verdict=on_verdict)
+
+    @property
+    def intercepted(self) -> bool:
+        return self.verdict is not None and self.verdict.intercepted
+
+    @property
+    def prompt_verdict(self) -> Verdict | None:
+        """The session's own check of the request, when the session ran one."""
+        verdict = self.session.prompt_verdict
+        return judge(verdict, self.config) if isinstance(verdict, Verdict) else None
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _take(self, piece: str | bytes) -> str | None:
+        """Add a delta; return the chunk to feed now, or None to keep accumulating."""
+        if self.finished:
+            raise RuntimeError("the stream is already finished")
+        self.pending += self._decoder.decode(piece) if isinstance(piece, bytes) else piece
+        if not self.pending or len(self.pending) < self.chunk_chars:
+            return None
+        chunk, self.pending = self.pending, ""
+        return chunk
+
+    def _tail(self) -> str:
+        """At the end of the upstream: whatever is still pending (possibly "")."""
+        self.pending += self._decoder.decode(b"", final=True)
+        chunk, self.pending = self.pending, ""
+        return chunk
+
+    def _apply(self, verdict: ChunkVerdict) -> str:
+        self.verdict = verdict
+        self.released += verdict.released
+        if self.on_verdict is not None:
+            self.on_verdict("stream", verdict)
+        if verdict.intercepted:
+            self.finished = True
+        return verdict.released
+
+    def _closing(self) -> bool:
+        """After the tail: whether the session still needs its close (no cut happened)."""
+        if self.intercepted:
+            return False
+        self.finished = True
+        return True
+
+    @property
+    def _sync(self) -> SessionProtocol:
+        return require_sync_session(self.session)
+
+    @property
+    def _asession(self) -> AsyncSessionProtocol:
+        if self._async is None:
+            self._async = as_async_session(self.session)
+        return self._async
+
+    # -- sync -------------------------------------------------------------------------------------
+    def feed(self, piece: str | bytes) -> str:
+        """Add one upstream delta; return the text newly cleared for display."""
+        chunk = self._take(piece)
+        return self._apply(self._sync.feed(chunk)) if chunk is not None else ""
+
+    def close(self) -> str:
+        """End of the upstream stream: check the tail and return what is cleared."""
+        if self.finished:
+            return ""
+        tail = self._tail()
+        out = self._apply(self._sync.feed(tail)) if tail else ""
+        return out + self._apply(self._sync.close()) if self._closing() else out
+
+    def abort(self) -> None:
+        """The stream ended early (upstream error, consumer gone): free the session's state.
+
+        The embedded session holds nothing worth freeing; a sidecar session is deleted.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        delete = getattr(self.session, "delete", None)
+        if callable(delete):
+            with contextlib.suppress(Exception):
+                result = delete()
+                if hasattr(result, "close"):  # an async session's coroutine: never awaited here
+                    result.close()
+
+    # -- async ------------------------------------------------------------------------------------
+    async def afeed(self, piece: str | bytes) -> str:
+        chunk = self._take(piece)
+        return self._apply(await self._asession.feed(chunk)) if chunk is not None else ""
+
+    async def aclose(self) -> str:
+        if self.finished:
+            return ""
+        tail = self._tail()
+        out = self._apply(await self._asession.feed(tail)) if tail else ""
+        return out + self._apply(await self._asession.close()) if self._closing() else out
+
+    async def aabort(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        delete = getattr(self._asession, "delete", None)
+        if callable(delete):
+            with contextlib.suppress(Exception):
+                await delete()
+
+    def violation(self) -> GuardrailViolation:
+        assert self.verdict is not None
+        return GuardrailViolation(self.verdict, stage="stream", released=self.released)
+
+
+__all__ = ["StreamModerator", "VerdictHook", "judge"]
