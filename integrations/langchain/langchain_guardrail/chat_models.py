@@ -8,32 +8,31 @@ reason: its raw tokens must not reach any stream handler.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field
 
 from guardrail.errors import GuardrailViolation, Stage
+from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
 from guardrail.streaming import (
     DEFAULT_REPLACEMENT,
     NO_PROMPT,
     OnViolation,
     PromptLike,
     StreamModerator,
-    acall,
-    default_guard,
     judge,
-    resolve_guard,
 )
 from guardrail.types import GuardConfig, Verdict
 from langchain_guardrail._convert import METADATA_KEY, ChunkRelay, messages_to_prompt, verdict_data
+from langchain_guardrail._guards import AnyGuard, acheck_prompt, acheck_response, async_guard, sync_guard
 
 _INNER_CONFIG: RunnableConfig = {"callbacks": [], "tags": ["nostream"]}
 """The inner model runs detached from the caller's callbacks: its raw stream stays private."""
@@ -52,8 +51,8 @@ class GuardrailChatModel(BaseChatModel):
 
     llm: Runnable[Any, Any]
     """The wrapped chat model (or a chat model with tools bound)."""
-    guard: Any = Field(default=None, exclude=True)
-    """A `Guard` (embedded or sidecar); default: the shared embedded guard."""
+    guard: GuardProtocol | AsyncGuardProtocol | None = Field(default=None, exclude=True)
+    """A `Guard` (embedded or sidecar), sync or async; default: the shared embedded guard."""
     guard_config: GuardConfig | None = None
     """Threshold / tau / hold-back for this model's moderation; default: the guard's."""
     check_input: bool = True
@@ -87,148 +86,83 @@ class GuardrailChatModel(BaseChatModel):
             kwargs["tool_choice"] = tool_choice
         return self.model_copy(update={"llm": inner.bind_tools(tools, **kwargs)})
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """The wrapped model's provider and name: traces and cost tracking name the model that ran."""
+        inner, bound = _inner_chat_model(self.llm)
+        if inner is not None:
+            params = inner._get_ls_params(stop=stop, **{**bound, **kwargs})
+        else:
+            params = super()._get_ls_params(stop=stop, **kwargs)
+            params["ls_provider"] = "guardrail"
+            params["ls_model_name"] = str(getattr(self.llm, "_llm_type", type(self.llm).__name__))
+        params["ls_model_type"] = "chat"
+        if kwargs.get("model"):
+            params["ls_model_name"] = str(kwargs["model"])
+        return params
+
     # -- helpers -------------------------------------------------------------------------------
     def _prompt(self, messages: list[BaseMessage]) -> PromptLike:
         return messages_to_prompt(messages) or NO_PROMPT
 
-    def _refusal(self, stage: Stage, verdict: Verdict, released: str = "") -> AIMessage:
+    def _refusal(self, stage: Stage, verdict: Verdict, released: str = "",
+                 answer: BaseMessage | None = None) -> AIMessage:
         if self.on_violation == "raise":
             raise GuardrailViolation(verdict, stage=stage, released=released)
-        return AIMessage(content=released + self.replacement,
-                         response_metadata={METADATA_KEY: verdict_data(stage, verdict)})
+        metadata: dict[str, Any] = {METADATA_KEY: verdict_data(stage, verdict)}
+        usage = getattr(answer, "usage_metadata", None) if answer is not None else None
+        if answer is not None and "model_name" in answer.response_metadata:
+            metadata["model_name"] = answer.response_metadata["model_name"]  # what ran, and was paid for
+        return AIMessage(content=released + self.replacement, response_metadata=metadata,
+                         usage_metadata=usage)
 
-    def _check_input(self, guard: Any, prompt: PromptLike, mod: StreamModerator | None) -> Verdict | None:
+    # -- one plan for sync and async: the drivers below only perform its operations -------------
+    def _input_gate(self, prompt: PromptLike, mod: StreamModerator | None) -> Plan[Verdict | None]:
+        """The request's verdict when it is flagged (a session's own prompt check counts)."""
         if not self.check_input:
             return None
-        verdict = (mod.prompt_verdict if mod is not None else None) or judge(
-            guard.check_prompt(prompt), self.guard_config)
+        verdict = mod.prompt_verdict if mod is not None else None
+        if verdict is None:
+            verdict = judge((yield _Op("check_prompt", prompt)), self.guard_config)
         return verdict if verdict.unsafe else None
 
-    # -- invoke ----------------------------------------------------------------------------------
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        guard = resolve_guard(self.guard)
+    def _invoke_plan(self, messages: list[BaseMessage]) -> Plan[AIMessage]:
         prompt = self._prompt(messages)
-        if (flagged := self._check_input(guard, prompt, None)) is not None:
-            return ChatResult(generations=[ChatGeneration(message=self._refusal("input", flagged))])
-        answer = self.llm.invoke(messages, config=_INNER_CONFIG, stop=stop, **kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self._judge_answer(
-            answer, lambda text: guard.check_response(prompt, text)))])
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        guard = self.guard if self.guard is not None else await asyncio.to_thread(default_guard)
-        prompt = self._prompt(messages)
-        if self.check_input:
-            verdict = judge(await acall(guard, "check_prompt", prompt), self.guard_config)
-            if verdict.unsafe:
-                return ChatResult(generations=[ChatGeneration(message=self._refusal("input", verdict))])
-        answer = await self.llm.ainvoke(messages, config=_INNER_CONFIG, stop=stop, **kwargs)
-        text = answer.text if isinstance(answer, BaseMessage) else ""
-        verdict_out = await acall(guard, "check_response", prompt, text) if text and self.check_output \
-            else None
-        return ChatResult(generations=[ChatGeneration(message=self._judge_answer(
-            answer, lambda _text: verdict_out))])
-
-    def _judge_answer(self, answer: Any, check: Callable[[str], Verdict | None]) -> AIMessage:
+        if (flagged := (yield from self._input_gate(prompt, None))) is not None:
+            return self._refusal("input", flagged)
+        answer = yield _Op("invoke", messages)
         if not isinstance(answer, AIMessage):
             answer = AIMessage(content=answer.text if isinstance(answer, BaseMessage) else str(answer))
-        text = answer.text
-        if not (text and self.check_output):
+        if not (answer.text and self.check_output):
             return answer
-        raw = check(text)
-        if raw is None:
-            return answer
-        verdict = judge(raw, self.guard_config)
+        verdict = judge((yield _Op("check_response", (prompt, answer.text))), self.guard_config)
         if verdict.unsafe:
-            return self._refusal("output", verdict)
+            return self._refusal("output", verdict, answer=answer)
         metadata = {**answer.response_metadata, METADATA_KEY: verdict_data("output", verdict)}
         return answer.model_copy(update={"response_metadata": metadata})
 
-    # -- stream ------------------------------------------------------------------------------------
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        guard = resolve_guard(self.guard)
+    def _stream_plan(self, messages: list[BaseMessage]) -> Plan[None]:
+        """Released chunks, in order; a moderation session only where the output is checked."""
         prompt = self._prompt(messages)
-        if not self.check_output:
-            if (flagged := self._check_input(guard, prompt, None)) is not None:
-                yield _as_chunk(self._refusal("input", flagged))
-                return
-            for chunk in self.llm.stream(messages, config=_INNER_CONFIG, stop=stop, **kwargs):
-                yield ChatGenerationChunk(message=chunk)
-            return
-        mod = StreamModerator(guard, prompt, config=self.guard_config, chunk_chars=self.chunk_chars)
-        if (flagged := self._check_input(guard, prompt, mod)) is not None:
+        mod: StreamModerator | None = (yield _Op("open", prompt)) if self.check_output else None
+        if (flagged := (yield from self._input_gate(prompt, mod))) is not None:
             yield _as_chunk(self._refusal("input", flagged))
             return
-        relay = ChunkRelay(mod, as_message=True)
-        upstream = self.llm.stream(messages, config=_INNER_CONFIG, stop=stop, **kwargs)
-        try:
-            for chunk in upstream:
-                for out in relay.push(chunk):
-                    yield ChatGenerationChunk(message=out)
-                if mod.intercepted:
-                    break
-            else:
-                for out in relay.finish():
-                    yield ChatGenerationChunk(message=out)
-        finally:
-            _close(upstream)
-            mod.abort()
-        yield self._stream_end(mod, relay)
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        guard = self.guard if self.guard is not None else await asyncio.to_thread(default_guard)
-        prompt = self._prompt(messages)
-        mod = await StreamModerator.acreate(guard, prompt, config=self.guard_config,
-                                            chunk_chars=self.chunk_chars)
-        if self.check_input:
-            verdict = mod.prompt_verdict or judge(await acall(guard, "check_prompt", prompt),
-                                                  self.guard_config)
-            if verdict.unsafe:
-                yield _as_chunk(self._refusal("input", verdict))
-                return
-        if not self.check_output:
-            async for chunk in self.llm.astream(messages, config=_INNER_CONFIG, stop=stop, **kwargs):
+        yield _Op("stream", messages)
+        if mod is None:
+            while (chunk := (yield _Op("next"))) is not _END:
                 yield ChatGenerationChunk(message=chunk)
             return
         relay = ChunkRelay(mod, as_message=True)
-        upstream = self.llm.astream(messages, config=_INNER_CONFIG, stop=stop, **kwargs)
-        try:
-            async for chunk in upstream:
-                for out in await relay.apush(chunk):
+        while (chunk := (yield _Op("next"))) is not _END:
+            if text := relay.text_of(chunk):
+                for out in relay.released((yield _Op("feed", text))):
                     yield ChatGenerationChunk(message=out)
-                if mod.intercepted:
-                    break
-            else:
-                for out in await relay.afinish():
-                    yield ChatGenerationChunk(message=out)
-        finally:
-            aclose = getattr(upstream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            await mod.aabort()
+            if mod.intercepted:
+                break
+        else:
+            for out in relay.tail((yield _Op("close"))):
+                yield ChatGenerationChunk(message=out)
+        yield _Op("release")  # upstream closed, session freed, before the closing chunk goes out
         yield self._stream_end(mod, relay)
 
     def _stream_end(self, mod: StreamModerator, relay: ChunkRelay) -> ChatGenerationChunk:
@@ -239,16 +173,206 @@ class GuardrailChatModel(BaseChatModel):
             return ChatGenerationChunk(message=relay.make(self.replacement, metadata=relay.summary()))
         return ChatGenerationChunk(message=relay.make("", metadata=relay.summary()))
 
+    # -- invoke ----------------------------------------------------------------------------------
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        io = _SyncIO(self, sync_guard(self.guard), stop, kwargs)
+        plan = self._invoke_plan(messages)
+        try:
+            op = next(plan)
+            while True:
+                op = plan.send(io.perform(op))
+        except StopIteration as done:
+            return ChatResult(generations=[ChatGeneration(message=done.value)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        io = _AsyncIO(self, await async_guard(self.guard), stop, kwargs)
+        plan = self._invoke_plan(messages)
+        try:
+            op = next(plan)
+            while True:
+                op = plan.send(await io.perform(op))
+        except StopIteration as done:
+            return ChatResult(generations=[ChatGeneration(message=done.value)])
+
+    # -- stream ------------------------------------------------------------------------------------
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        io = _SyncIO(self, sync_guard(self.guard), stop, kwargs)
+        plan = self._stream_plan(messages)
+        try:
+            step = next(plan, None)
+            while step is not None:
+                if isinstance(step, ChatGenerationChunk):
+                    yield step
+                    step = next(plan, None)
+                else:
+                    step = plan.send(io.perform(step))
+        except StopIteration:
+            pass
+        finally:
+            plan.close()
+            io.release()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        io = _AsyncIO(self, await async_guard(self.guard), stop, kwargs)
+        plan = self._stream_plan(messages)
+        try:
+            step = next(plan, None)
+            while step is not None:
+                if isinstance(step, ChatGenerationChunk):
+                    yield step
+                    step = next(plan, None)
+                else:
+                    step = plan.send(await io.perform(step))
+        except StopIteration:
+            pass
+        finally:
+            plan.close()
+            await io.release()
+
+
+_END = object()
+"""What `next` answers once the upstream stream has ended."""
+
+OpKind = Literal["check_prompt", "check_response", "open", "invoke", "stream", "next", "feed", "close",
+                 "release"]
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One operation a plan needs done; a driver performs it, sync or async, and sends the result."""
+
+    kind: OpKind
+    arg: Any = None
+
+
+T = TypeVar("T")
+Plan = Generator[Any, Any, T]
+"""A sans-IO plan: yields `_Op`s (answered by the driver) and chunks (passed to the consumer)."""
+
+
+class _SyncIO:
+    """Performs a plan's operations with blocking calls."""
+
+    def __init__(self, model: GuardrailChatModel, guard: GuardProtocol, stop: list[str] | None,
+                 kwargs: dict[str, Any]) -> None:
+        self.model, self.guard, self.stop, self.kwargs = model, guard, stop, kwargs
+        self.mod: StreamModerator | None = None
+        self.upstream: Iterator[BaseMessageChunk] | None = None
+
+    def perform(self, op: _Op) -> Any:
+        m = self.model
+        if op.kind == "check_prompt":
+            return self.guard.check_prompt(op.arg)
+        if op.kind == "check_response":
+            return self.guard.check_response(*op.arg)
+        if op.kind == "open":
+            self.mod = StreamModerator(self.guard, op.arg, config=m.guard_config, chunk_chars=m.chunk_chars)
+            return self.mod
+        if op.kind == "invoke":
+            return m.llm.invoke(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
+        if op.kind == "stream":
+            self.upstream = iter(m.llm.stream(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
+            return None
+        if op.kind == "next":
+            assert self.upstream is not None
+            return next(self.upstream, _END)
+        assert self.mod is not None
+        if op.kind == "feed":
+            return self.mod.feed(op.arg)
+        if op.kind == "close":
+            return self.mod.close()
+        return self.release()
+
+    def release(self) -> None:
+        """Close the upstream and free the session (a no-op for a session that ended normally)."""
+        upstream, self.upstream = self.upstream, None
+        close = getattr(upstream, "close", None)
+        if close is not None:
+            close()
+        if self.mod is not None:
+            self.mod.abort()
+
+
+class _AsyncIO:
+    """Performs the same operations with awaits; sync guards run in a worker thread."""
+
+    def __init__(self, model: GuardrailChatModel, guard: AnyGuard, stop: list[str] | None,
+                 kwargs: dict[str, Any]) -> None:
+        self.model, self.guard, self.stop, self.kwargs = model, guard, stop, kwargs
+        self.mod: StreamModerator | None = None
+        self.upstream: AsyncIterator[BaseMessageChunk] | None = None
+
+    async def perform(self, op: _Op) -> Any:
+        m = self.model
+        if op.kind == "check_prompt":
+            return await acheck_prompt(self.guard, op.arg)
+        if op.kind == "check_response":
+            return await acheck_response(self.guard, *op.arg)
+        if op.kind == "open":
+            self.mod = await StreamModerator.acreate(self.guard, op.arg, config=m.guard_config,
+                                                     chunk_chars=m.chunk_chars)
+            return self.mod
+        if op.kind == "invoke":
+            return await m.llm.ainvoke(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
+        if op.kind == "stream":
+            self.upstream = aiter(m.llm.astream(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
+            return None
+        if op.kind == "next":
+            assert self.upstream is not None
+            return await anext(self.upstream, _END)
+        assert self.mod is not None
+        if op.kind == "feed":
+            return await self.mod.afeed(op.arg)
+        if op.kind == "close":
+            return await self.mod.aclose()
+        return await self.release()
+
+    async def release(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        aclose = getattr(upstream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if self.mod is not None:
+            await self.mod.aabort()
+
+
+def _inner_chat_model(llm: Runnable[Any, Any]) -> tuple[BaseChatModel | None, dict[str, Any]]:
+    """The chat model inside `llm` (through `bind`/`bind_tools` bindings) and the bound kwargs."""
+    bound: dict[str, Any] = {}
+    while isinstance(llm, RunnableBinding):
+        bound = {**llm.kwargs, **bound}
+        llm = llm.bound
+    return (llm, bound) if isinstance(llm, BaseChatModel) else (None, bound)
+
 
 def _as_chunk(message: AIMessage) -> ChatGenerationChunk:
     return ChatGenerationChunk(message=AIMessageChunk(content=message.content,
-                                                      response_metadata=message.response_metadata))
-
-
-def _close(it: Any) -> None:
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
+                                                      response_metadata=message.response_metadata,
+                                                      usage_metadata=message.usage_metadata))
 
 
 __all__ = ["GuardrailChatModel"]
