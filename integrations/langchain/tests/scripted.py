@@ -8,6 +8,7 @@ chooses the chunking.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from pydantic import ConfigDict, Field
 from guardrail import Guard, GuardConfig
 from guardrail.model.engine import SafetyModel, StepOutput
 from guardrail.model.masks import ClsQuery
+from guardrail.protocols import PromptInput, SessionProtocol
+from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, Verdict
 
 SCRIPT = ("Sure, I can help with that. Here is a short story about a dog and a red ball in the park."
           " Then the bomb goes off with a loud bang and the secret recipe follows in detail.")
@@ -42,6 +45,8 @@ class ScriptedChatModel(BaseChatModel):
 
     chunks: Sequence[str] = Field(default_factory=lambda: words("Hello there, how are you today?"))
     model_name: str = Field(default="scripted-1", alias="model")
+    delay_s: float = 0.0
+    """Pause before each streamed chunk in `astream` (a slow provider)."""
     streamed: list[str] = Field(default_factory=list, exclude=True)
     """Every chunk this model has produced so far (what a leak would expose)."""
 
@@ -96,6 +101,8 @@ class ScriptedChatModel(BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         for chunk in self._stream(messages, stop=stop, **kwargs):
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             yield chunk
 
 
@@ -151,3 +158,50 @@ def keyword_guard(*, hold_back: int = 2, tau: int = 1) -> Guard:
     """An embedded guard over the keyword model that acts on the first unsafe check."""
     config = GuardConfig(threshold=0.5, tau=tau, hold_back=hold_back)
     return Guard(safety_model=keyword_model(), config=config)
+
+
+class RecordingSession:
+    """A session that logs what its consumer did to it: `feed`, `close`, `delete` (the abort)."""
+
+    def __init__(self, inner: SessionProtocol, log: list[str]) -> None:
+        self.inner, self.log = inner, log
+        self.prompt_verdict = inner.prompt_verdict
+
+    def feed(self, chunk: str | bytes) -> ChunkVerdict:
+        self.log.append("feed")
+        return self.inner.feed(chunk)
+
+    def close(self) -> ChunkVerdict:
+        self.log.append("close")
+        return self.inner.close()
+
+    def delete(self) -> None:
+        self.log.append("delete")
+
+
+class RecordingGuard:
+    """A `GuardProtocol` over another guard that keeps one log per session it opened."""
+
+    def __init__(self, inner: Guard) -> None:
+        self.inner = inner
+        self.config = inner.config
+        self.sessions: list[list[str]] = []
+
+    def check_prompt(self, prompt: PromptInput) -> Verdict:
+        return self.inner.check_prompt(prompt)
+
+    def check_response(self, prompt: PromptInput, response: str) -> Verdict:
+        return self.inner.check_response(prompt, response)
+
+    def generate(self, prompt: PromptInput, **kwargs: Any) -> Iterator[GenerationEvent]:
+        return self.inner.generate(prompt, **kwargs)
+
+    def generate_text(self, prompt: PromptInput, **kwargs: Any) -> GenerationResult:
+        return self.inner.generate_text(prompt, **kwargs)
+
+    def session(self, prompt: PromptInput, *, config: GuardConfig | None = None) -> RecordingSession:
+        self.sessions.append([])
+        return RecordingSession(self.inner.session(prompt, config=config), self.sessions[-1])
+
+    def close(self) -> None:
+        self.inner.close()
