@@ -54,6 +54,9 @@ class ChatGuardrail(BaseChatModel):
     """Also accepted as LangChain's standard `max_tokens`."""
     temperature: float = Field(default=0.0, ge=0.0)
     """0 decodes greedily."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    """Makes sampling (temperature > 0) repeatable."""
     stop: list[str] | None = None
     """Default stop sequences; a call's own `stop` replaces them."""
     config: GuardConfig | None = None
@@ -66,7 +69,7 @@ class ChatGuardrail(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature,
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
                 "config": self.config.model_dump() if self.config is not None else None}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -96,7 +99,7 @@ class ChatGuardrail(BaseChatModel):
         if "max_tokens" in kwargs:
             kwargs.setdefault("max_new_tokens", kwargs.pop("max_tokens"))
         params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                  "config": self.config, **kwargs}
+                  "top_p": self.top_p, "seed": self.seed, "config": self.config, **kwargs}
         config = params.get("config") or getattr(guard, "config", None)
         state = _Outcome(config if isinstance(config, GuardConfig) else None,
                          stop if stop is not None else self.stop, params["max_new_tokens"], self.model_name)

@@ -8,6 +8,7 @@ reason: its raw tokens must not reach any stream handler.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -36,6 +37,25 @@ from langchain_guardrail._guards import AnyGuard, acheck_prompt, acheck_response
 
 _INNER_CONFIG: RunnableConfig = {"callbacks": [], "tags": ["nostream"]}
 """The inner model runs detached from the caller's callbacks: its raw stream stays private."""
+
+
+@contextlib.contextmanager
+def _detached() -> Iterator[None]:
+    """Keep context-wide handlers (`get_usage_metadata_callback`, tracing contexts) off the
+    inner run too: the guarded run reports the answer and its usage once, and the raw stream
+    reaches no handler. LangChain keeps these handlers in context variables it registers
+    through `register_configure_hook`; they are unset here for the duration of one call."""
+    try:
+        from langchain_core.tracers.context import _configure_hooks
+    except ImportError:  # a LangChain without the registry: nothing to detach from
+        yield
+        return
+    tokens = [(var, var.set(None)) for var, *_ in _configure_hooks]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
 
 
 class GuardrailChatModel(BaseChatModel):
@@ -293,13 +313,15 @@ class _SyncIO:
             self.mod = StreamModerator(self.guard, op.arg, config=m.guard_config, chunk_chars=m.chunk_chars)
             return self.mod
         if op.kind == "invoke":
-            return m.llm.invoke(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
+            with _detached():
+                return m.llm.invoke(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
         if op.kind == "stream":
             self.upstream = iter(m.llm.stream(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
             return None
         if op.kind == "next":
             assert self.upstream is not None
-            return next(self.upstream, _END)
+            with _detached():
+                return next(self.upstream, _END)
         assert self.mod is not None
         if op.kind == "feed":
             return self.mod.feed(op.arg)
@@ -337,13 +359,15 @@ class _AsyncIO:
                                                      chunk_chars=m.chunk_chars)
             return self.mod
         if op.kind == "invoke":
-            return await m.llm.ainvoke(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
+            with _detached():
+                return await m.llm.ainvoke(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
         if op.kind == "stream":
             self.upstream = aiter(m.llm.astream(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
             return None
         if op.kind == "next":
             assert self.upstream is not None
-            return await anext(self.upstream, _END)
+            with _detached():
+                return await anext(self.upstream, _END)
         assert self.mod is not None
         if op.kind == "feed":
             return await self.mod.afeed(op.arg)

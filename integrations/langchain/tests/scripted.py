@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from pydantic import ConfigDict, Field
 
 from guardrail import Guard, GuardConfig
 from guardrail.model.engine import SafetyModel, StepOutput
+from guardrail.model.head import HeadConfig, SafetyHead
 from guardrail.model.masks import ClsQuery
 from guardrail.protocols import PromptInput, SessionProtocol
 from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, Verdict
@@ -132,11 +134,10 @@ class KeywordModel(SafetyModel):
 
 
 @functools.cache
-def keyword_model() -> KeywordModel:
-    """Built once per test run; a few milliseconds per forward pass on a CPU."""
+def _tiny_parts() -> tuple[Any, Any, SafetyHead]:
+    """A tiny random Llama, its tokenizer (the default model's) and a [CLS] head: built once."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from guardrail.model.head import HeadConfig, SafetyHead
     from guardrail.model.loading import default_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir()))
@@ -149,15 +150,48 @@ def keyword_model() -> KeywordModel:
     head = SafetyHead(HeadConfig(hidden_size=32, num_layers=2, adapter_rank=4, classifier_hidden=16))
     with torch.no_grad():
         head.init_cls_from(lm.get_input_embeddings().weight)
+    return lm, tokenizer, head
+
+
+@functools.cache
+def keyword_model(keyword: str = KEYWORD) -> KeywordModel:
+    """The keyword model for `keyword`; a few milliseconds per forward pass on a CPU."""
+    lm, tokenizer, head = _tiny_parts()
     model = KeywordModel(lm, tokenizer, head, name="tiny-keyword")
-    model.keyword_ids = [int(i) for i in tokenizer(KEYWORD, add_special_tokens=False)["input_ids"]]
+    model.keyword_ids = [int(i) for i in tokenizer(keyword, add_special_tokens=False)["input_ids"]]
     return model
 
 
-def keyword_guard(*, hold_back: int = 2, tau: int = 1) -> Guard:
+def keyword_guard(*, hold_back: int = 2, keyword: str = KEYWORD, **config: Any) -> Guard:
     """An embedded guard over the keyword model that acts on the first unsafe check."""
-    config = GuardConfig(threshold=0.5, tau=tau, hold_back=hold_back)
-    return Guard(safety_model=keyword_model(), config=config)
+    settings = GuardConfig(threshold=0.5, tau=1, hold_back=hold_back, **config)
+    return Guard(safety_model=keyword_model(keyword), config=settings)
+
+
+_BOUNDARY = re.compile(r"\s+\S")
+
+
+def released_before_cut(chunks: Sequence[str], hold_back: int) -> str | None:
+    """What a consumer may have seen when `chunks` are moderated chunk by chunk: None if the
+    keyword is never read, else the text of the last safe check minus `hold_back` tokens.
+
+    Written from the contract, not the code: a session reads text up to its last
+    whitespace-to-word boundary, one check per chunk, and releases checked tokens but the last
+    `hold_back`; the keyword model flags any check whose tokens hold the keyword.
+    """
+    model = keyword_model()
+    fed, safe, safe_ends = "", "", []
+    for chunk in chunks:
+        fed += chunk
+        cut = max((m.start() for m in _BOUNDARY.finditer(fed)), default=0)
+        read = fed[:cut]
+        enc = model.tokenizer(read, add_special_tokens=False, return_offsets_mapping=True)
+        ids, n = list(enc["input_ids"]), len(model.keyword_ids)
+        if any(ids[i : i + n] == model.keyword_ids for i in range(len(ids) - n + 1)):
+            keep = len(safe_ends) - hold_back
+            return safe[: safe_ends[keep - 1]] if keep > 0 else ""
+        safe, safe_ends = read, [int(end) for _, end in enc["offset_mapping"]]
+    return None
 
 
 class RecordingSession:
