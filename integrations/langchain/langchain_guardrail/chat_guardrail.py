@@ -9,9 +9,8 @@ on an interception the cut's token index, score and action, never any text.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -22,9 +21,10 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import AliasChoices, ConfigDict, Field
 
 from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
-from guardrail.streaming import resolve_guard
-from guardrail.types import DoneEvent, GuardConfig, InterceptEvent, ScoreEvent, TokenEvent
+from guardrail.streaming import PromptLike
+from guardrail.types import DoneEvent, GenerationEvent, GuardConfig, InterceptEvent, ScoreEvent, TokenEvent
 from langchain_guardrail._convert import METADATA_KEY, messages_to_prompt
+from langchain_guardrail._guards import AnyGuard, is_async_guard, sync_guard
 
 DEFAULT_MODEL_NAME = "guardrail"
 """The id a `guardrail serve` sidecar reports for its model unless told otherwise."""
@@ -85,10 +85,10 @@ class ChatGuardrail(BaseChatModel):
         return params
 
     # -- helpers -------------------------------------------------------------------------------
-    def _start(self, guard: Any, messages: list[BaseMessage], stop: list[str] | None,
-               kwargs: dict[str, Any]) -> tuple[Any, _Outcome]:
-        """The guard's event stream for these messages (sync or async, as the guard is), and
-        the state that turns its events into chunks."""
+    def _start(self, guard: AnyGuard, messages: list[BaseMessage], stop: list[str] | None,
+               kwargs: dict[str, Any]) -> tuple[PromptLike, dict[str, Any], _Outcome]:
+        """The prompt and generation arguments for these messages, and the state that turns the
+        guard's events into chunks (shared by the sync and async paths)."""
         prompt = messages_to_prompt(messages)
         if prompt is None:
             raise ValueError("ChatGuardrail needs at least one message")
@@ -103,7 +103,7 @@ class ChatGuardrail(BaseChatModel):
         config = params.get("config") or getattr(guard, "config", None)
         state = _Outcome(config if isinstance(config, GuardConfig) else None,
                          stop if stop is not None else self.stop, params["max_new_tokens"], self.model_name)
-        return guard.generate(prompt, **params), state
+        return prompt, params, state
 
     # -- sync ------------------------------------------------------------------------------------
     def _generate(
@@ -122,7 +122,9 @@ class ChatGuardrail(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        events, state = self._start(resolve_guard(self.guard), messages, stop, kwargs)
+        guard = sync_guard(self.guard)
+        prompt, params, state = self._start(guard, messages, stop, kwargs)
+        events = guard.generate(prompt, **params)
         try:
             for event in events:
                 if (released := state.push(event)) is not None:
@@ -130,7 +132,7 @@ class ChatGuardrail(BaseChatModel):
                 if state.stopped:
                     break
         finally:
-            close = getattr(events, "close", None)
+            close = getattr(events, "close", None)  # a generator; any iterator is accepted
             if close is not None:
                 close()
         yield state.final_chunk()
@@ -153,12 +155,14 @@ class ChatGuardrail(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        if self.guard is None or not inspect.isasyncgenfunction(getattr(self.guard, "generate", None)):
+        if self.guard is None or not is_async_guard(self.guard):
             # A sync guard (embedded, or the sync sidecar client): run it in a worker thread.
             async for chunk in super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
                 yield chunk
             return
-        events, state = self._start(self.guard, messages, stop, kwargs)
+        guard = cast(AsyncGuardProtocol, self.guard)
+        prompt, params, state = self._start(guard, messages, stop, kwargs)
+        events = guard.generate(prompt, **params)
         try:
             async for event in events:
                 if (released := state.push(event)) is not None:
@@ -166,7 +170,9 @@ class ChatGuardrail(BaseChatModel):
                 if state.stopped:
                     break
         finally:
-            await events.aclose()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
         yield state.final_chunk()
 
 
@@ -187,7 +193,7 @@ class _Outcome:
         self.last_score: float | None = None
         self.checks = 0
 
-    def push(self, event: Any) -> ChatGenerationChunk | None:
+    def push(self, event: GenerationEvent) -> ChatGenerationChunk | None:
         """Record one event; the chunk of text it releases, if any."""
         if isinstance(event, TokenEvent):
             text = self._release(event.text)

@@ -13,7 +13,6 @@ prefer the wrapper when the request matters to the verdict (it usually does).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
@@ -26,19 +25,18 @@ from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, Field
 
 from guardrail.errors import GuardrailViolation, Stage
+from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
 from guardrail.streaming import (
     DEFAULT_REPLACEMENT,
     NO_PROMPT,
     OnViolation,
     PromptLike,
     StreamModerator,
-    acall,
-    default_guard,
     judge,
-    resolve_guard,
 )
 from guardrail.types import ChunkVerdict, GuardConfig, Verdict
 from langchain_guardrail._convert import VERDICT_EVENT, ChunkRelay, to_prompt, to_text, verdict_data
+from langchain_guardrail._guards import acheck_prompt, acheck_response, async_guard, sync_guard
 
 PROMPT_METADATA_KEY = "guardrail_prompt"
 
@@ -50,8 +48,8 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
 
     bound: Runnable[Any, Any] | None = None
     """The guarded runnable (wrapper mode); None in a pipe."""
-    guard: Any = Field(default=None, exclude=True)
-    """A `Guard` (embedded or sidecar); default: the shared embedded guard."""
+    guard: GuardProtocol | AsyncGuardProtocol | None = Field(default=None, exclude=True)
+    """A `Guard` (embedded or sidecar), sync or async; default: the shared embedded guard."""
     guard_config: GuardConfig | None = None
     stage: Literal["input", "output"] = "output"
     """In a pipe: what this runnable receives, the request or the answer."""
@@ -114,7 +112,8 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
         with contextlib.suppress(RuntimeError):
             await adispatch_custom_event(VERDICT_EVENT, verdict_data(stage, verdict), config=config)
 
-    def _child(self, config: RunnableConfig, run_manager: Any) -> RunnableConfig:
+    def _child(self, config: RunnableConfig,
+               run_manager: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun) -> RunnableConfig:
         return patch_config(config, callbacks=run_manager.get_child())
 
     # -- invoke ------------------------------------------------------------------------------------
@@ -126,7 +125,7 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
 
     def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig,
                 **kwargs: Any) -> Any:
-        guard = resolve_guard(self.guard)
+        guard = sync_guard(self.guard)
         prompt = self._request(value, config)
         if self._checks_request and prompt is not None:
             verdict = judge(guard.check_prompt(prompt), self.guard_config)
@@ -148,10 +147,10 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
 
     async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun,
                        config: RunnableConfig, **kwargs: Any) -> Any:
-        guard = self.guard if self.guard is not None else await asyncio.to_thread(default_guard)
+        guard = await async_guard(self.guard)
         prompt = self._request(value, config)
         if self._checks_request and prompt is not None:
-            verdict = judge(await acall(guard, "check_prompt", prompt), self.guard_config)
+            verdict = judge(await acheck_prompt(guard, prompt), self.guard_config)
             await self._aemit("input", verdict, config)
             if verdict.unsafe:
                 return self._violation("input", verdict, _shape_hint(self.bound, value, chunk=False))
@@ -161,8 +160,7 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
             if self.bound is not None else value
         text = to_text(output) if self._checks_answer else None
         if text:
-            verdict = judge(await acall(guard, "check_response",
-                                        prompt if prompt is not None else NO_PROMPT, text),
+            verdict = judge(await acheck_response(guard, prompt if prompt is not None else NO_PROMPT, text),
                             self.guard_config)
             await self._aemit("output", verdict, config)
             if verdict.unsafe:
@@ -192,7 +190,7 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
 
     def _transform(self, chunks: Iterator[Any], run_manager: CallbackManagerForChainRun,
                    config: RunnableConfig, **kwargs: Any) -> Iterator[Any]:
-        guard = resolve_guard(self.guard)
+        guard = sync_guard(self.guard)
         if self.bound is None and self.stage == "output":  # moderate the piped-in stream itself
             upstream: Iterator[Any] = chunks
             value: Any = None
@@ -239,7 +237,7 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
 
     async def _atransform(self, chunks: AsyncIterator[Any], run_manager: AsyncCallbackManagerForChainRun,
                           config: RunnableConfig, **kwargs: Any) -> AsyncIterator[Any]:
-        guard = self.guard if self.guard is not None else await asyncio.to_thread(default_guard)
+        guard = await async_guard(self.guard)
         if self.bound is None and self.stage == "output":
             upstream: AsyncIterator[Any] = chunks
             value: Any = None
@@ -251,7 +249,7 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
             if self._checks_answer else None
         if self._checks_request and prompt is not None:
             verdict = (mod.prompt_verdict if mod else None) or judge(
-                await acall(guard, "check_prompt", prompt), self.guard_config)
+                await acheck_prompt(guard, prompt), self.guard_config)
             await self._aemit("input", verdict, config)
             if verdict.unsafe:
                 yield self._violation("input", verdict, _shape_hint(self.bound, value, chunk=True))
