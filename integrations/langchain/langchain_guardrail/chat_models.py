@@ -9,13 +9,12 @@ reason: its raw tokens must not reach any stream handler.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.tools import BaseTool
@@ -33,7 +32,8 @@ from guardrail.streaming import (
 )
 from guardrail.types import GuardConfig, Verdict
 from langchain_guardrail._convert import METADATA_KEY, ChunkRelay, messages_to_prompt, verdict_data
-from langchain_guardrail._guards import AnyGuard, acheck_prompt, acheck_response, async_guard, sync_guard
+from langchain_guardrail._guards import AnyGuard, async_guard, sync_guard
+from langchain_guardrail._plans import END, AsyncDriver, Op, Plan, SyncDriver
 
 _INNER_CONFIG: RunnableConfig = {"callbacks": [], "tags": ["nostream"]}
 """The inner model runs detached from the caller's callbacks: its raw stream stays private."""
@@ -142,19 +142,19 @@ class GuardrailChatModel(BaseChatModel):
             return None
         verdict = mod.prompt_verdict if mod is not None else None
         if verdict is None:
-            verdict = judge((yield _Op("check_prompt", prompt)), self.guard_config)
+            verdict = judge((yield Op("check_prompt", prompt)), self.guard_config)
         return verdict if verdict.unsafe else None
 
     def _invoke_plan(self, messages: list[BaseMessage]) -> Plan[AIMessage]:
         prompt = self._prompt(messages)
         if (flagged := (yield from self._input_gate(prompt, None))) is not None:
             return self._refusal("input", flagged)
-        answer = yield _Op("invoke", messages)
+        answer = yield Op("invoke", messages)
         if not isinstance(answer, AIMessage):
             answer = AIMessage(content=answer.text if isinstance(answer, BaseMessage) else str(answer))
         if not (answer.text and self.check_output):
             return answer
-        verdict = judge((yield _Op("check_response", (prompt, answer.text))), self.guard_config)
+        verdict = judge((yield Op("check_response", (prompt, answer.text))), self.guard_config)
         if verdict.unsafe:
             return self._refusal("output", verdict, answer=answer)
         metadata = {**answer.response_metadata, METADATA_KEY: verdict_data("output", verdict)}
@@ -163,26 +163,26 @@ class GuardrailChatModel(BaseChatModel):
     def _stream_plan(self, messages: list[BaseMessage]) -> Plan[None]:
         """Released chunks, in order; a moderation session only where the output is checked."""
         prompt = self._prompt(messages)
-        mod: StreamModerator | None = (yield _Op("open", prompt)) if self.check_output else None
+        mod: StreamModerator | None = (yield Op("open", prompt)) if self.check_output else None
         if (flagged := (yield from self._input_gate(prompt, mod))) is not None:
             yield _as_chunk(self._refusal("input", flagged))
             return
-        yield _Op("stream", messages)
+        yield Op("stream", messages)
         if mod is None:
-            while (chunk := (yield _Op("next"))) is not _END:
+            while (chunk := (yield Op("next"))) is not END:
                 yield ChatGenerationChunk(message=chunk)
             return
         relay = ChunkRelay(mod, as_message=True)
-        while (chunk := (yield _Op("next"))) is not _END:
+        while (chunk := (yield Op("next"))) is not END:
             if text := relay.text_of(chunk):
-                for out in relay.released((yield _Op("feed", text))):
+                for out in relay.released((yield Op("feed", text))):
                     yield ChatGenerationChunk(message=out)
             if mod.intercepted:
                 break
         else:
-            for out in relay.tail((yield _Op("close"))):
+            for out in relay.tail((yield Op("close"))):
                 yield ChatGenerationChunk(message=out)
-        yield _Op("release")  # upstream closed, session freed, before the closing chunk goes out
+        yield Op("release")  # upstream closed, session freed, before the closing chunk goes out
         yield self._stream_end(mod, relay)
 
     def _stream_end(self, mod: StreamModerator, relay: ChunkRelay) -> ChatGenerationChunk:
@@ -193,7 +193,7 @@ class GuardrailChatModel(BaseChatModel):
             return ChatGenerationChunk(message=relay.make(self.replacement, metadata=relay.summary()))
         return ChatGenerationChunk(message=relay.make("", metadata=relay.summary()))
 
-    # -- invoke ----------------------------------------------------------------------------------
+    # -- the two drivers ----------------------------------------------------------------------------
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -201,14 +201,8 @@ class GuardrailChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        io = _SyncIO(self, sync_guard(self.guard), stop, kwargs)
-        plan = self._invoke_plan(messages)
-        try:
-            op = next(plan)
-            while True:
-                op = plan.send(io.perform(op))
-        except StopIteration as done:
-            return ChatResult(generations=[ChatGeneration(message=done.value)])
+        answer = _ChatSync(self, sync_guard(self.guard), stop, kwargs).run(self._invoke_plan(messages))
+        return ChatResult(generations=[ChatGeneration(message=answer)])
 
     async def _agenerate(
         self,
@@ -217,16 +211,10 @@ class GuardrailChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        io = _AsyncIO(self, await async_guard(self.guard), stop, kwargs)
-        plan = self._invoke_plan(messages)
-        try:
-            op = next(plan)
-            while True:
-                op = plan.send(await io.perform(op))
-        except StopIteration as done:
-            return ChatResult(generations=[ChatGeneration(message=done.value)])
+        driver = _ChatAsync(self, await async_guard(self.guard), stop, kwargs)
+        answer = await driver.run(self._invoke_plan(messages))
+        return ChatResult(generations=[ChatGeneration(message=answer)])
 
-    # -- stream ------------------------------------------------------------------------------------
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -234,21 +222,7 @@ class GuardrailChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        io = _SyncIO(self, sync_guard(self.guard), stop, kwargs)
-        plan = self._stream_plan(messages)
-        try:
-            step = next(plan, None)
-            while step is not None:
-                if isinstance(step, ChatGenerationChunk):
-                    yield step
-                    step = next(plan, None)
-                else:
-                    step = plan.send(io.perform(step))
-        except StopIteration:
-            pass
-        finally:
-            plan.close()
-            io.release()
+        yield from _ChatSync(self, sync_guard(self.guard), stop, kwargs).iterate(self._stream_plan(messages))
 
     async def _astream(
         self,
@@ -257,131 +231,47 @@ class GuardrailChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        io = _AsyncIO(self, await async_guard(self.guard), stop, kwargs)
-        plan = self._stream_plan(messages)
-        try:
-            step = next(plan, None)
-            while step is not None:
-                if isinstance(step, ChatGenerationChunk):
-                    yield step
-                    step = next(plan, None)
-                else:
-                    step = plan.send(await io.perform(step))
-        except StopIteration:
-            pass
-        finally:
-            plan.close()
-            await io.release()
+        driver = _ChatAsync(self, await async_guard(self.guard), stop, kwargs)
+        async for chunk in driver.iterate(self._stream_plan(messages)):
+            yield chunk
 
 
-_END = object()
-"""What `next` answers once the upstream stream has ended."""
-
-OpKind = Literal["check_prompt", "check_response", "open", "invoke", "stream", "next", "feed", "close",
-                 "release"]
-
-
-@dataclass(frozen=True)
-class _Op:
-    """One operation a plan needs done; a driver performs it, sync or async, and sends the result."""
-
-    kind: OpKind
-    arg: Any = None
-
-
-T = TypeVar("T")
-Plan = Generator[Any, Any, T]
-"""A sans-IO plan: yields `_Op`s (answered by the driver) and chunks (passed to the consumer)."""
-
-
-class _SyncIO:
-    """Performs a plan's operations with blocking calls."""
+class _ChatSync(SyncDriver):
+    """Runs the wrapped model detached from the caller's callbacks."""
 
     def __init__(self, model: GuardrailChatModel, guard: GuardProtocol, stop: list[str] | None,
                  kwargs: dict[str, Any]) -> None:
-        self.model, self.guard, self.stop, self.kwargs = model, guard, stop, kwargs
-        self.mod: StreamModerator | None = None
-        self.upstream: Iterator[BaseMessageChunk] | None = None
+        super().__init__(guard, model.guard_config, model.chunk_chars)
+        self.llm, self.stop, self.kwargs = model.llm, stop, kwargs
 
-    def perform(self, op: _Op) -> Any:
-        m = self.model
-        if op.kind == "check_prompt":
-            return self.guard.check_prompt(op.arg)
-        if op.kind == "check_response":
-            return self.guard.check_response(*op.arg)
-        if op.kind == "open":
-            self.mod = StreamModerator(self.guard, op.arg, config=m.guard_config, chunk_chars=m.chunk_chars)
-            return self.mod
-        if op.kind == "invoke":
-            with _detached():
-                return m.llm.invoke(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
-        if op.kind == "stream":
-            self.upstream = iter(m.llm.stream(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
-            return None
-        if op.kind == "next":
-            assert self.upstream is not None
-            with _detached():
-                return next(self.upstream, _END)
-        assert self.mod is not None
-        if op.kind == "feed":
-            return self.mod.feed(op.arg)
-        if op.kind == "close":
-            return self.mod.close()
-        return self.release()
+    def invoke(self, value: object) -> object:
+        with _detached():
+            return self.llm.invoke(value, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
 
-    def release(self) -> None:
-        """Close the upstream and free the session (a no-op for a session that ended normally)."""
-        upstream, self.upstream = self.upstream, None
-        close = getattr(upstream, "close", None)
-        if close is not None:
-            close()
-        if self.mod is not None:
-            self.mod.abort()
+    def stream(self, value: object) -> None:
+        self.upstream = iter(self.llm.stream(value, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
+
+    def next(self, _: object) -> object:
+        with _detached():
+            return super().next(_)
 
 
-class _AsyncIO:
-    """Performs the same operations with awaits; sync guards run in a worker thread."""
-
+class _ChatAsync(AsyncDriver):
     def __init__(self, model: GuardrailChatModel, guard: AnyGuard, stop: list[str] | None,
                  kwargs: dict[str, Any]) -> None:
-        self.model, self.guard, self.stop, self.kwargs = model, guard, stop, kwargs
-        self.mod: StreamModerator | None = None
-        self.upstream: AsyncIterator[BaseMessageChunk] | None = None
+        super().__init__(guard, model.guard_config, model.chunk_chars)
+        self.llm, self.stop, self.kwargs = model.llm, stop, kwargs
 
-    async def perform(self, op: _Op) -> Any:
-        m = self.model
-        if op.kind == "check_prompt":
-            return await acheck_prompt(self.guard, op.arg)
-        if op.kind == "check_response":
-            return await acheck_response(self.guard, *op.arg)
-        if op.kind == "open":
-            self.mod = await StreamModerator.acreate(self.guard, op.arg, config=m.guard_config,
-                                                     chunk_chars=m.chunk_chars)
-            return self.mod
-        if op.kind == "invoke":
-            with _detached():
-                return await m.llm.ainvoke(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
-        if op.kind == "stream":
-            self.upstream = aiter(m.llm.astream(op.arg, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
-            return None
-        if op.kind == "next":
-            assert self.upstream is not None
-            with _detached():
-                return await anext(self.upstream, _END)
-        assert self.mod is not None
-        if op.kind == "feed":
-            return await self.mod.afeed(op.arg)
-        if op.kind == "close":
-            return await self.mod.aclose()
-        return await self.release()
+    async def invoke(self, value: object) -> object:
+        with _detached():
+            return await self.llm.ainvoke(value, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
 
-    async def release(self) -> None:
-        upstream, self.upstream = self.upstream, None
-        aclose = getattr(upstream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        if self.mod is not None:
-            await self.mod.aabort()
+    async def stream(self, value: object) -> None:
+        self.upstream = aiter(self.llm.astream(value, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
+
+    async def next(self, _: object) -> object:
+        with _detached():
+            return await super().next(_)
 
 
 def _inner_chat_model(llm: Runnable[Any, Any]) -> tuple[BaseChatModel | None, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""`GuardrailChatModel`'s sync and async paths run one plan: same sessions, same cleanup."""
+"""The sync and async paths of `GuardrailChatModel` and `GuardrailRunnable` run one plan each:
+the same sessions are opened, and every early end frees the one it opened."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import pytest
 from scripted import SCRIPT, RecordingGuard, ScriptedChatModel, keyword_guard, words
 
-from langchain_guardrail import GuardrailChatModel
+from langchain_guardrail import GuardrailChatModel, GuardrailRunnable
 
 SAFE = "Sure, I can help with that. Here is a short story about a dog and a red ball in the park."
 
@@ -96,3 +97,33 @@ def test_an_abandoned_stream_aborts_its_session() -> None:
             break
     stream.close()
     assert guard.sessions[0][-1] == "delete" and "close" not in guard.sessions[0]
+
+
+async def run_chain(chain: GuardrailRunnable, how: str, question: str = "Tell me a story.") -> str:
+    if how == "stream":
+        return "".join(c.text for c in chain.stream(question))
+    if how == "astream":
+        return "".join([c.text async for c in chain.astream(question)])
+    if how == "invoke":
+        return chain.invoke(question).text
+    return (await chain.ainvoke(question)).text
+
+
+@pytest.mark.parametrize("how", ["stream", "astream", "invoke", "ainvoke"])
+async def test_runnable_opens_sessions_only_for_checked_streams(how: str) -> None:
+    guard = RecordingGuard(keyword_guard())
+    unchecked = GuardrailRunnable.wrap(ScriptedChatModel(chunks=words(SCRIPT)), guard=guard,
+                                       check_output=False)
+    assert await run_chain(unchecked, how) == SCRIPT
+    assert guard.sessions == []
+    checked = GuardrailRunnable.wrap(ScriptedChatModel(chunks=words(SAFE)), guard=guard)
+    assert await run_chain(checked, how) == SAFE
+    assert guard.sessions == ([] if how.endswith("invoke") else [[*["feed"] * len(words(SAFE)), "close"]])
+
+
+@pytest.mark.parametrize("how", ["stream", "astream"])
+async def test_runnable_flagged_request_frees_its_session(how: str) -> None:
+    guard = RecordingGuard(keyword_guard())
+    chain = GuardrailRunnable.wrap(ScriptedChatModel(chunks=words(SAFE)), guard=guard, on_violation="replace")
+    assert await run_chain(chain, how, "How to build a bomb?") == chain.replacement
+    assert guard.sessions == [["delete"]]
