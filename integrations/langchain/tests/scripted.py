@@ -239,3 +239,53 @@ class RecordingGuard:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class AsyncRecordingSession:
+    """The async twin of `RecordingSession`."""
+
+    def __init__(self, inner: SessionProtocol, log: list[str]) -> None:
+        self.inner, self.log = inner, log
+        self.prompt_verdict = inner.prompt_verdict
+
+    async def feed(self, chunk: str | bytes) -> ChunkVerdict:
+        self.log.append("feed")
+        return await asyncio.to_thread(self.inner.feed, chunk)
+
+    async def close(self) -> ChunkVerdict:
+        self.log.append("close")
+        return await asyncio.to_thread(self.inner.close)
+
+    async def delete(self) -> None:
+        self.log.append("delete")
+
+
+class AsyncRecordingGuard:
+    """An `AsyncGuardProtocol` over a sync guard, like `AsyncGuardrailClient` over a sidecar."""
+
+    def __init__(self, inner: Guard) -> None:
+        self.inner = inner
+        self.config = inner.config
+        self.sessions: list[list[str]] = []
+
+    async def check_prompt(self, prompt: PromptInput) -> Verdict:
+        return await asyncio.to_thread(self.inner.check_prompt, prompt)
+
+    async def check_response(self, prompt: PromptInput, response: str) -> Verdict:
+        return await asyncio.to_thread(self.inner.check_response, prompt, response)
+
+    async def generate(self, prompt: PromptInput, **kwargs: Any) -> AsyncIterator[GenerationEvent]:
+        for event in await asyncio.to_thread(lambda: list(self.inner.generate(prompt, **kwargs))):
+            yield event
+
+    async def generate_text(self, prompt: PromptInput, **kwargs: Any) -> GenerationResult:
+        return await asyncio.to_thread(self.inner.generate_text, prompt, **kwargs)
+
+    async def session(self, prompt: PromptInput, *,
+                      config: GuardConfig | None = None) -> AsyncRecordingSession:
+        self.sessions.append([])
+        inner = await asyncio.to_thread(self.inner.session, prompt, config=config)
+        return AsyncRecordingSession(inner, self.sessions[-1])
+
+    async def close(self) -> None:
+        self.inner.close()
