@@ -110,7 +110,8 @@ class ChunkRelay:
         self.message_id: str | None = None
         self.rest: AIMessageChunk | None = None
 
-    def _text_of(self, chunk: Any) -> str:
+    def text_of(self, chunk: object) -> str:
+        """The text of one upstream chunk; its non-text parts wait until the stream is cleared."""
         if isinstance(chunk, BaseMessageChunk | BaseMessage):
             if self.as_message is None:
                 self.as_message = True
@@ -133,27 +134,30 @@ class ChunkRelay:
         return AIMessageChunk(content=text, id=self.message_id,
                               response_metadata={METADATA_KEY: metadata} if metadata else {})
 
-    def push(self, chunk: Any) -> list[Any]:
-        text = self._text_of(chunk)
-        out = self.mod.feed(text) if text else ""
+    def released(self, out: str) -> list[Any]:
+        """What one feed cleared, in the upstream's shape (nothing when it cleared nothing)."""
         return [self.make(out)] if out else []
 
-    async def apush(self, chunk: Any) -> list[Any]:
-        text = self._text_of(chunk)
-        out = await self.mod.afeed(text) if text else ""
-        return [self.make(out)] if out else []
+    def push(self, chunk: object) -> list[Any]:
+        text = self.text_of(chunk)
+        return self.released(self.mod.feed(text) if text else "")
 
-    def _tail(self, out: str) -> list[Any]:
-        emitted = [self.make(out)] if out else []
+    async def apush(self, chunk: object) -> list[Any]:
+        text = self.text_of(chunk)
+        return self.released(await self.mod.afeed(text) if text else "")
+
+    def tail(self, out: str) -> list[Any]:
+        """What closing the stream cleared, then the held-back extras if the stream was safe."""
+        emitted = self.released(out)
         if not self.mod.intercepted and self.as_message and self.rest is not None:
             emitted.append(self.rest.model_copy(update={"id": self.message_id}))
         return emitted
 
     def finish(self) -> list[Any]:
-        return self._tail(self.mod.close())
+        return self.tail(self.mod.close())
 
     async def afinish(self) -> list[Any]:
-        return self._tail(await self.mod.aclose())
+        return self.tail(await self.mod.aclose())
 
     def summary(self) -> dict[str, Any]:
         """What the moderation concluded, for `response_metadata`."""

@@ -9,21 +9,26 @@ on an interception the cut's token index, score and action, never any text.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from pydantic import AliasChoices, ConfigDict, Field
 
-from guardrail.streaming import resolve_guard
-from guardrail.types import DoneEvent, GuardConfig, InterceptEvent, ScoreEvent, TokenEvent
+from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
+from guardrail.streaming import PromptLike
+from guardrail.types import DoneEvent, GenerationEvent, GuardConfig, InterceptEvent, ScoreEvent, TokenEvent
 from langchain_guardrail._convert import METADATA_KEY, messages_to_prompt
+from langchain_guardrail._guards import AnyGuard, is_async_guard, sync_guard
+
+DEFAULT_MODEL_NAME = "guardrail"
+"""The id a `guardrail serve` sidecar reports for its model unless told otherwise."""
+LS_PROVIDER = "guardrail"
 
 
 class ChatGuardrail(BaseChatModel):
@@ -37,13 +42,23 @@ class ChatGuardrail(BaseChatModel):
     released text.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
-    guard: Any = Field(default=None, exclude=True)
+    guard: GuardProtocol | AsyncGuardProtocol | None = Field(default=None, exclude=True)
     """A `Guard` or sidecar client; default: the shared embedded guard, created lazily."""
-    max_new_tokens: int = Field(default=128, ge=1)
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, alias="model")
+    """The served model's id, as the sidecar reports it (`guardrail serve --model-name`); it
+    names the model in traces and `response_metadata`, it does not choose one."""
+    max_new_tokens: int = Field(default=128, ge=1,
+                                validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
+    """Also accepted as LangChain's standard `max_tokens`."""
     temperature: float = Field(default=0.0, ge=0.0)
     """0 decodes greedily."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    """Makes sampling (temperature > 0) repeatable."""
+    stop: list[str] | None = None
+    """Default stop sequences; a call's own `stop` replaces them."""
     config: GuardConfig | None = None
     """Guarded-decoding settings for this model; default: the guard's own."""
 
@@ -53,22 +68,42 @@ class ChatGuardrail(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+        return {"model_name": self.model_name, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
                 "config": self.config.model_dump() if self.config is not None else None}
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """What LangSmith and other tracers record: provider, model, sampling limits."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = LS_PROVIDER
+        params["ls_model_name"] = str(kwargs.get("model") or self.model_name)
+        params["ls_max_tokens"] = int(kwargs.get("max_new_tokens") or kwargs.get("max_tokens")
+                                      or self.max_new_tokens)
+        params["ls_temperature"] = float(kwargs.get("temperature", self.temperature))
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
+
     # -- helpers -------------------------------------------------------------------------------
-    def _start(self, guard: Any, messages: list[BaseMessage], stop: list[str] | None,
-               kwargs: dict[str, Any]) -> tuple[Any, _Outcome]:
-        """The guard's event stream for these messages (sync or async, as the guard is), and
-        the state that turns its events into chunks."""
+    def _start(self, guard: AnyGuard, messages: list[BaseMessage], stop: list[str] | None,
+               kwargs: dict[str, Any]) -> tuple[PromptLike, dict[str, Any], _Outcome]:
+        """The prompt and generation arguments for these messages, and the state that turns the
+        guard's events into chunks (shared by the sync and async paths)."""
         prompt = messages_to_prompt(messages)
         if prompt is None:
             raise ValueError("ChatGuardrail needs at least one message")
+        model = kwargs.pop("model", None)
+        if model is not None and model != self.model_name:
+            raise ValueError(f"ChatGuardrail generates with the guard's model {self.model_name!r};"
+                             f" model={model!r} cannot select another")
+        if "max_tokens" in kwargs:
+            kwargs.setdefault("max_new_tokens", kwargs.pop("max_tokens"))
         params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                  "config": self.config, **kwargs}
+                  "top_p": self.top_p, "seed": self.seed, "config": self.config, **kwargs}
         config = params.get("config") or getattr(guard, "config", None)
-        state = _Outcome(config if isinstance(config, GuardConfig) else None, stop, params["max_new_tokens"])
-        return guard.generate(prompt, **params), state
+        state = _Outcome(config if isinstance(config, GuardConfig) else None,
+                         stop if stop is not None else self.stop, params["max_new_tokens"], self.model_name)
+        return prompt, params, state
 
     # -- sync ------------------------------------------------------------------------------------
     def _generate(
@@ -87,7 +122,9 @@ class ChatGuardrail(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        events, state = self._start(resolve_guard(self.guard), messages, stop, kwargs)
+        guard = sync_guard(self.guard)
+        prompt, params, state = self._start(guard, messages, stop, kwargs)
+        events = guard.generate(prompt, **params)
         try:
             for event in events:
                 if (released := state.push(event)) is not None:
@@ -95,7 +132,7 @@ class ChatGuardrail(BaseChatModel):
                 if state.stopped:
                     break
         finally:
-            close = getattr(events, "close", None)
+            close = getattr(events, "close", None)  # a generator; any iterator is accepted
             if close is not None:
                 close()
         yield state.final_chunk()
@@ -118,12 +155,14 @@ class ChatGuardrail(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        if self.guard is None or not inspect.isasyncgenfunction(getattr(self.guard, "generate", None)):
+        if self.guard is None or not is_async_guard(self.guard):
             # A sync guard (embedded, or the sync sidecar client): run it in a worker thread.
             async for chunk in super()._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
                 yield chunk
             return
-        events, state = self._start(self.guard, messages, stop, kwargs)
+        guard = cast(AsyncGuardProtocol, self.guard)
+        prompt, params, state = self._start(guard, messages, stop, kwargs)
+        events = guard.generate(prompt, **params)
         try:
             async for event in events:
                 if (released := state.push(event)) is not None:
@@ -131,15 +170,19 @@ class ChatGuardrail(BaseChatModel):
                 if state.stopped:
                     break
         finally:
-            await events.aclose()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
         yield state.final_chunk()
 
 
 class _Outcome:
     """Turn generation events into released text and the closing chunk's metadata."""
 
-    def __init__(self, config: GuardConfig | None, stop: list[str] | None, limit: int) -> None:
+    def __init__(self, config: GuardConfig | None, stop: list[str] | None, limit: int,
+                 model_name: str) -> None:
         self.config = config
+        self.model_name = model_name
         self.limit = limit
         self.stops = [s for s in stop or [] if s]
         self.keep = max((len(s) for s in self.stops), default=1) - 1
@@ -150,7 +193,7 @@ class _Outcome:
         self.last_score: float | None = None
         self.checks = 0
 
-    def push(self, event: Any) -> ChatGenerationChunk | None:
+    def push(self, event: GenerationEvent) -> ChatGenerationChunk | None:
         """Record one event; the chunk of text it releases, if any."""
         if isinstance(event, TokenEvent):
             text = self._release(event.text)
@@ -197,7 +240,7 @@ class _Outcome:
             finish = "stop"
         else:
             finish = "length" if self.done.usage.completion_tokens >= self.limit else "stop"
-        info = {METADATA_KEY: self.metadata(), "finish_reason": finish}
+        info = {METADATA_KEY: self.metadata(), "finish_reason": finish, "model_name": self.model_name}
         usage: UsageMetadata | None = None
         if self.done is not None:
             u = self.done.usage

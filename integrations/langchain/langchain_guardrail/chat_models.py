@@ -8,35 +8,54 @@ reason: its raw tokens must not reach any stream handler.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field
 
 from guardrail.errors import GuardrailViolation, Stage
+from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
 from guardrail.streaming import (
     DEFAULT_REPLACEMENT,
     NO_PROMPT,
     OnViolation,
     PromptLike,
     StreamModerator,
-    acall,
-    default_guard,
     judge,
-    resolve_guard,
 )
 from guardrail.types import GuardConfig, Verdict
 from langchain_guardrail._convert import METADATA_KEY, ChunkRelay, messages_to_prompt, verdict_data
+from langchain_guardrail._guards import AnyGuard, async_guard, sync_guard
+from langchain_guardrail._plans import END, AsyncDriver, Op, Plan, SyncDriver
 
 _INNER_CONFIG: RunnableConfig = {"callbacks": [], "tags": ["nostream"]}
 """The inner model runs detached from the caller's callbacks: its raw stream stays private."""
+
+
+@contextlib.contextmanager
+def _detached() -> Iterator[None]:
+    """Keep context-wide handlers (`get_usage_metadata_callback`, tracing contexts) off the
+    inner run too: the guarded run reports the answer and its usage once, and the raw stream
+    reaches no handler. LangChain keeps these handlers in context variables it registers
+    through `register_configure_hook`; they are unset here for the duration of one call."""
+    try:
+        from langchain_core.tracers.context import _configure_hooks
+    except ImportError:  # a LangChain without the registry: nothing to detach from
+        yield
+        return
+    tokens = [(var, var.set(None)) for var, *_ in _configure_hooks]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
 
 
 class GuardrailChatModel(BaseChatModel):
@@ -52,8 +71,8 @@ class GuardrailChatModel(BaseChatModel):
 
     llm: Runnable[Any, Any]
     """The wrapped chat model (or a chat model with tools bound)."""
-    guard: Any = Field(default=None, exclude=True)
-    """A `Guard` (embedded or sidecar); default: the shared embedded guard."""
+    guard: GuardProtocol | AsyncGuardProtocol | None = Field(default=None, exclude=True)
+    """A `Guard` (embedded or sidecar), sync or async; default: the shared embedded guard."""
     guard_config: GuardConfig | None = None
     """Threshold / tau / hold-back for this model's moderation; default: the guard's."""
     check_input: bool = True
@@ -87,148 +106,83 @@ class GuardrailChatModel(BaseChatModel):
             kwargs["tool_choice"] = tool_choice
         return self.model_copy(update={"llm": inner.bind_tools(tools, **kwargs)})
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """The wrapped model's provider and name: traces and cost tracking name the model that ran."""
+        inner, bound = _inner_chat_model(self.llm)
+        if inner is not None:
+            params = inner._get_ls_params(stop=stop, **{**bound, **kwargs})
+        else:
+            params = super()._get_ls_params(stop=stop, **kwargs)
+            params["ls_provider"] = "guardrail"
+            params["ls_model_name"] = str(getattr(self.llm, "_llm_type", type(self.llm).__name__))
+        params["ls_model_type"] = "chat"
+        if kwargs.get("model"):
+            params["ls_model_name"] = str(kwargs["model"])
+        return params
+
     # -- helpers -------------------------------------------------------------------------------
     def _prompt(self, messages: list[BaseMessage]) -> PromptLike:
         return messages_to_prompt(messages) or NO_PROMPT
 
-    def _refusal(self, stage: Stage, verdict: Verdict, released: str = "") -> AIMessage:
+    def _refusal(self, stage: Stage, verdict: Verdict, released: str = "",
+                 answer: BaseMessage | None = None) -> AIMessage:
         if self.on_violation == "raise":
             raise GuardrailViolation(verdict, stage=stage, released=released)
-        return AIMessage(content=released + self.replacement,
-                         response_metadata={METADATA_KEY: verdict_data(stage, verdict)})
+        metadata: dict[str, Any] = {METADATA_KEY: verdict_data(stage, verdict)}
+        usage = getattr(answer, "usage_metadata", None) if answer is not None else None
+        if answer is not None and "model_name" in answer.response_metadata:
+            metadata["model_name"] = answer.response_metadata["model_name"]  # what ran, and was paid for
+        return AIMessage(content=released + self.replacement, response_metadata=metadata,
+                         usage_metadata=usage)
 
-    def _check_input(self, guard: Any, prompt: PromptLike, mod: StreamModerator | None) -> Verdict | None:
+    # -- one plan for sync and async: the drivers below only perform its operations -------------
+    def _input_gate(self, prompt: PromptLike, mod: StreamModerator | None) -> Plan[Verdict | None]:
+        """The request's verdict when it is flagged (a session's own prompt check counts)."""
         if not self.check_input:
             return None
-        verdict = (mod.prompt_verdict if mod is not None else None) or judge(
-            guard.check_prompt(prompt), self.guard_config)
+        verdict = mod.prompt_verdict if mod is not None else None
+        if verdict is None:
+            verdict = judge((yield Op("check_prompt", prompt)), self.guard_config)
         return verdict if verdict.unsafe else None
 
-    # -- invoke ----------------------------------------------------------------------------------
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        guard = resolve_guard(self.guard)
+    def _invoke_plan(self, messages: list[BaseMessage]) -> Plan[AIMessage]:
         prompt = self._prompt(messages)
-        if (flagged := self._check_input(guard, prompt, None)) is not None:
-            return ChatResult(generations=[ChatGeneration(message=self._refusal("input", flagged))])
-        answer = self.llm.invoke(messages, config=_INNER_CONFIG, stop=stop, **kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self._judge_answer(
-            answer, lambda text: guard.check_response(prompt, text)))])
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        guard = self.guard if self.guard is not None else await asyncio.to_thread(default_guard)
-        prompt = self._prompt(messages)
-        if self.check_input:
-            verdict = judge(await acall(guard, "check_prompt", prompt), self.guard_config)
-            if verdict.unsafe:
-                return ChatResult(generations=[ChatGeneration(message=self._refusal("input", verdict))])
-        answer = await self.llm.ainvoke(messages, config=_INNER_CONFIG, stop=stop, **kwargs)
-        text = answer.text if isinstance(answer, BaseMessage) else ""
-        verdict_out = await acall(guard, "check_response", prompt, text) if text and self.check_output \
-            else None
-        return ChatResult(generations=[ChatGeneration(message=self._judge_answer(
-            answer, lambda _text: verdict_out))])
-
-    def _judge_answer(self, answer: Any, check: Callable[[str], Verdict | None]) -> AIMessage:
+        if (flagged := (yield from self._input_gate(prompt, None))) is not None:
+            return self._refusal("input", flagged)
+        answer = yield Op("invoke", messages)
         if not isinstance(answer, AIMessage):
             answer = AIMessage(content=answer.text if isinstance(answer, BaseMessage) else str(answer))
-        text = answer.text
-        if not (text and self.check_output):
+        if not (answer.text and self.check_output):
             return answer
-        raw = check(text)
-        if raw is None:
-            return answer
-        verdict = judge(raw, self.guard_config)
+        verdict = judge((yield Op("check_response", (prompt, answer.text))), self.guard_config)
         if verdict.unsafe:
-            return self._refusal("output", verdict)
+            return self._refusal("output", verdict, answer=answer)
         metadata = {**answer.response_metadata, METADATA_KEY: verdict_data("output", verdict)}
         return answer.model_copy(update={"response_metadata": metadata})
 
-    # -- stream ------------------------------------------------------------------------------------
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        guard = resolve_guard(self.guard)
+    def _stream_plan(self, messages: list[BaseMessage]) -> Plan[None]:
+        """Released chunks, in order; a moderation session only where the output is checked."""
         prompt = self._prompt(messages)
-        if not self.check_output:
-            if (flagged := self._check_input(guard, prompt, None)) is not None:
-                yield _as_chunk(self._refusal("input", flagged))
-                return
-            for chunk in self.llm.stream(messages, config=_INNER_CONFIG, stop=stop, **kwargs):
-                yield ChatGenerationChunk(message=chunk)
-            return
-        mod = StreamModerator(guard, prompt, config=self.guard_config, chunk_chars=self.chunk_chars)
-        if (flagged := self._check_input(guard, prompt, mod)) is not None:
+        mod: StreamModerator | None = (yield Op("open", prompt)) if self.check_output else None
+        if (flagged := (yield from self._input_gate(prompt, mod))) is not None:
             yield _as_chunk(self._refusal("input", flagged))
             return
-        relay = ChunkRelay(mod, as_message=True)
-        upstream = self.llm.stream(messages, config=_INNER_CONFIG, stop=stop, **kwargs)
-        try:
-            for chunk in upstream:
-                for out in relay.push(chunk):
-                    yield ChatGenerationChunk(message=out)
-                if mod.intercepted:
-                    break
-            else:
-                for out in relay.finish():
-                    yield ChatGenerationChunk(message=out)
-        finally:
-            _close(upstream)
-            mod.abort()
-        yield self._stream_end(mod, relay)
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        guard = self.guard if self.guard is not None else await asyncio.to_thread(default_guard)
-        prompt = self._prompt(messages)
-        mod = await StreamModerator.acreate(guard, prompt, config=self.guard_config,
-                                            chunk_chars=self.chunk_chars)
-        if self.check_input:
-            verdict = mod.prompt_verdict or judge(await acall(guard, "check_prompt", prompt),
-                                                  self.guard_config)
-            if verdict.unsafe:
-                yield _as_chunk(self._refusal("input", verdict))
-                return
-        if not self.check_output:
-            async for chunk in self.llm.astream(messages, config=_INNER_CONFIG, stop=stop, **kwargs):
+        yield Op("stream", messages)
+        if mod is None:
+            while (chunk := (yield Op("next"))) is not END:
                 yield ChatGenerationChunk(message=chunk)
             return
         relay = ChunkRelay(mod, as_message=True)
-        upstream = self.llm.astream(messages, config=_INNER_CONFIG, stop=stop, **kwargs)
-        try:
-            async for chunk in upstream:
-                for out in await relay.apush(chunk):
+        while (chunk := (yield Op("next"))) is not END:
+            if text := relay.text_of(chunk):
+                for out in relay.released((yield Op("feed", text))):
                     yield ChatGenerationChunk(message=out)
-                if mod.intercepted:
-                    break
-            else:
-                for out in await relay.afinish():
-                    yield ChatGenerationChunk(message=out)
-        finally:
-            aclose = getattr(upstream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            await mod.aabort()
+            if mod.intercepted:
+                break
+        else:
+            for out in relay.tail((yield Op("close"))):
+                yield ChatGenerationChunk(message=out)
+        yield Op("release")  # upstream closed, session freed, before the closing chunk goes out
         yield self._stream_end(mod, relay)
 
     def _stream_end(self, mod: StreamModerator, relay: ChunkRelay) -> ChatGenerationChunk:
@@ -239,16 +193,100 @@ class GuardrailChatModel(BaseChatModel):
             return ChatGenerationChunk(message=relay.make(self.replacement, metadata=relay.summary()))
         return ChatGenerationChunk(message=relay.make("", metadata=relay.summary()))
 
+    # -- the two drivers ----------------------------------------------------------------------------
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        answer = _ChatSync(self, sync_guard(self.guard), stop, kwargs).run(self._invoke_plan(messages))
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        driver = _ChatAsync(self, await async_guard(self.guard), stop, kwargs)
+        answer = await driver.run(self._invoke_plan(messages))
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        yield from _ChatSync(self, sync_guard(self.guard), stop, kwargs).iterate(self._stream_plan(messages))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        driver = _ChatAsync(self, await async_guard(self.guard), stop, kwargs)
+        async for chunk in driver.iterate(self._stream_plan(messages)):
+            yield chunk
+
+
+class _ChatSync(SyncDriver):
+    """Runs the wrapped model detached from the caller's callbacks."""
+
+    def __init__(self, model: GuardrailChatModel, guard: GuardProtocol, stop: list[str] | None,
+                 kwargs: dict[str, Any]) -> None:
+        super().__init__(guard, model.guard_config, model.chunk_chars)
+        self.llm, self.stop, self.kwargs = model.llm, stop, kwargs
+
+    def invoke(self, value: object) -> object:
+        with _detached():
+            return self.llm.invoke(value, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
+
+    def stream(self, value: object) -> None:
+        self.upstream = iter(self.llm.stream(value, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
+
+    def next(self, _: object) -> object:
+        with _detached():
+            return super().next(_)
+
+
+class _ChatAsync(AsyncDriver):
+    def __init__(self, model: GuardrailChatModel, guard: AnyGuard, stop: list[str] | None,
+                 kwargs: dict[str, Any]) -> None:
+        super().__init__(guard, model.guard_config, model.chunk_chars)
+        self.llm, self.stop, self.kwargs = model.llm, stop, kwargs
+
+    async def invoke(self, value: object) -> object:
+        with _detached():
+            return await self.llm.ainvoke(value, config=_INNER_CONFIG, stop=self.stop, **self.kwargs)
+
+    async def stream(self, value: object) -> None:
+        self.upstream = aiter(self.llm.astream(value, config=_INNER_CONFIG, stop=self.stop, **self.kwargs))
+
+    async def next(self, _: object) -> object:
+        with _detached():
+            return await super().next(_)
+
+
+def _inner_chat_model(llm: Runnable[Any, Any]) -> tuple[BaseChatModel | None, dict[str, Any]]:
+    """The chat model inside `llm` (through `bind`/`bind_tools` bindings) and the bound kwargs."""
+    bound: dict[str, Any] = {}
+    while isinstance(llm, RunnableBinding):
+        bound = {**llm.kwargs, **bound}
+        llm = llm.bound
+    return (llm, bound) if isinstance(llm, BaseChatModel) else (None, bound)
+
 
 def _as_chunk(message: AIMessage) -> ChatGenerationChunk:
     return ChatGenerationChunk(message=AIMessageChunk(content=message.content,
-                                                      response_metadata=message.response_metadata))
-
-
-def _close(it: Any) -> None:
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
+                                                      response_metadata=message.response_metadata,
+                                                      usage_metadata=message.usage_metadata))
 
 
 __all__ = ["GuardrailChatModel"]

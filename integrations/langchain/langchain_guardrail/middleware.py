@@ -13,6 +13,7 @@ from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 
+from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
 from guardrail.streaming import DEFAULT_REPLACEMENT, OnViolation
 from guardrail.types import GuardConfig
 from langchain_guardrail.chat_models import GuardrailChatModel
@@ -23,7 +24,7 @@ class GuardrailMiddleware(AgentMiddleware):
 
     def __init__(
         self,
-        guard: Any | None = None,
+        guard: GuardProtocol | AsyncGuardProtocol | None = None,
         *,
         config: GuardConfig | None = None,
         check_input: bool = True,

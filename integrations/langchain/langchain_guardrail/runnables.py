@@ -13,32 +13,32 @@ prefer the wrapper when the request matters to the verdict (it usually does).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, Field
 
 from guardrail.errors import GuardrailViolation, Stage
+from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
 from guardrail.streaming import (
     DEFAULT_REPLACEMENT,
     NO_PROMPT,
     OnViolation,
     PromptLike,
     StreamModerator,
-    acall,
-    default_guard,
     judge,
-    resolve_guard,
 )
 from guardrail.types import ChunkVerdict, GuardConfig, Verdict
 from langchain_guardrail._convert import VERDICT_EVENT, ChunkRelay, to_prompt, to_text, verdict_data
+from langchain_guardrail._guards import AnyGuard, async_guard, sync_guard
+from langchain_guardrail._plans import END, AsyncDriver, Op, Plan, SyncDriver
 
 PROMPT_METADATA_KEY = "guardrail_prompt"
 
@@ -50,8 +50,8 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
 
     bound: Runnable[Any, Any] | None = None
     """The guarded runnable (wrapper mode); None in a pipe."""
-    guard: Any = Field(default=None, exclude=True)
-    """A `Guard` (embedded or sidecar); default: the shared embedded guard."""
+    guard: GuardProtocol | AsyncGuardProtocol | None = Field(default=None, exclude=True)
+    """A `Guard` (embedded or sidecar), sync or async; default: the shared embedded guard."""
     guard_config: GuardConfig | None = None
     stage: Literal["input", "output"] = "output"
     """In a pipe: what this runnable receives, the request or the answer."""
@@ -114,7 +114,8 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
         with contextlib.suppress(RuntimeError):
             await adispatch_custom_event(VERDICT_EVENT, verdict_data(stage, verdict), config=config)
 
-    def _child(self, config: RunnableConfig, run_manager: Any) -> RunnableConfig:
+    def _child(self, config: RunnableConfig,
+               run_manager: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun) -> RunnableConfig:
         return patch_config(config, callbacks=run_manager.get_child())
 
     # -- invoke ------------------------------------------------------------------------------------
@@ -126,48 +127,76 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
 
     def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig,
                 **kwargs: Any) -> Any:
-        guard = resolve_guard(self.guard)
+        driver = _ChainSync(self, sync_guard(self.guard), config, run_manager, iter(()), kwargs)
+        return driver.run(self._invoke_plan(value, config))
+
+    async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun,
+                       config: RunnableConfig, **kwargs: Any) -> Any:
+        driver = _ChainAsync(self, await async_guard(self.guard), config, run_manager, _empty(), kwargs)
+        return await driver.run(self._invoke_plan(value, config))
+
+    # -- one plan per call shape, for sync and async ------------------------------------------------
+    def _request_gate(self, prompt: PromptLike | None, mod: StreamModerator | None) -> Plan[Verdict | None]:
+        """The request's verdict (emitted), when this runnable checks it."""
+        if not (self._checks_request and prompt is not None):
+            return None
+        verdict = mod.prompt_verdict if mod is not None else None
+        if verdict is None:
+            verdict = judge((yield Op("check_prompt", prompt)), self.guard_config)
+        yield Op("emit", ("input", verdict))
+        return verdict
+
+    def _invoke_plan(self, value: Any, config: RunnableConfig) -> Plan[Any]:
         prompt = self._request(value, config)
-        if self._checks_request and prompt is not None:
-            verdict = judge(guard.check_prompt(prompt), self.guard_config)
-            self._emit("input", verdict, config)
-            if verdict.unsafe:
-                return self._violation("input", verdict, _shape_hint(self.bound, value, chunk=False))
+        verdict = yield from self._request_gate(prompt, None)
+        if verdict is not None and verdict.unsafe:
+            return self._violation("input", verdict, _shape_hint(self.bound, value, chunk=False))
         if self.bound is None and self.stage == "input":
             return value
-        output = self.bound.invoke(value, self._child(config, run_manager), **kwargs) \
-            if self.bound is not None else value
+        output = (yield Op("invoke", value)) if self.bound is not None else value
         text = to_text(output) if self._checks_answer else None
         if text:
-            verdict = judge(guard.check_response(prompt if prompt is not None else NO_PROMPT, text),
-                            self.guard_config)
-            self._emit("output", verdict, config)
+            request = (prompt if prompt is not None else NO_PROMPT, text)
+            verdict = judge((yield Op("check_response", request)), self.guard_config)
+            yield Op("emit", ("output", verdict))
             if verdict.unsafe:
                 return self._violation("output", verdict, output)
         return output
 
-    async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun,
-                       config: RunnableConfig, **kwargs: Any) -> Any:
-        guard = self.guard if self.guard is not None else await asyncio.to_thread(default_guard)
+    def _transform_plan(self, config: RunnableConfig) -> Plan[None]:
+        piped = self.bound is None and self.stage == "output"  # moderate the piped-in stream itself
+        value = None if piped else (yield Op("gather"))
         prompt = self._request(value, config)
-        if self._checks_request and prompt is not None:
-            verdict = judge(await acall(guard, "check_prompt", prompt), self.guard_config)
-            await self._aemit("input", verdict, config)
-            if verdict.unsafe:
-                return self._violation("input", verdict, _shape_hint(self.bound, value, chunk=False))
+        mod: StreamModerator | None = None
+        if self._checks_answer:
+            mod = yield Op("open", prompt if prompt is not None else NO_PROMPT)
+        verdict = yield from self._request_gate(prompt, mod)
+        if verdict is not None and verdict.unsafe:
+            yield self._violation("input", verdict, _shape_hint(self.bound, value, chunk=True))
+            return
         if self.bound is None and self.stage == "input":
-            return value
-        output = await self.bound.ainvoke(value, self._child(config, run_manager), **kwargs) \
-            if self.bound is not None else value
-        text = to_text(output) if self._checks_answer else None
-        if text:
-            verdict = judge(await acall(guard, "check_response",
-                                        prompt if prompt is not None else NO_PROMPT, text),
-                            self.guard_config)
-            await self._aemit("output", verdict, config)
-            if verdict.unsafe:
-                return self._violation("output", verdict, output)
-        return output
+            yield value
+            return
+        yield Op("stream", _PIPED if piped else value)
+        if mod is None:
+            while (chunk := (yield Op("next"))) is not END:
+                yield chunk
+            return
+        relay = ChunkRelay(mod)
+        while (chunk := (yield Op("next"))) is not END:
+            if text := relay.text_of(chunk):
+                yield from relay.released((yield Op("feed", text)))
+            if mod.intercepted:
+                break
+        else:
+            yield from relay.tail((yield Op("close")))
+        yield Op("release")
+        if mod.verdict is not None:
+            yield Op("emit", ("stream", mod.verdict))
+        if mod.intercepted:
+            if self.on_violation == "raise":
+                raise mod.violation()
+            yield relay.make(self.replacement)
 
     # -- stream ------------------------------------------------------------------------------------
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any | None) -> Iterator[Any]:
@@ -192,108 +221,91 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
 
     def _transform(self, chunks: Iterator[Any], run_manager: CallbackManagerForChainRun,
                    config: RunnableConfig, **kwargs: Any) -> Iterator[Any]:
-        guard = resolve_guard(self.guard)
-        if self.bound is None and self.stage == "output":  # moderate the piped-in stream itself
-            upstream: Iterator[Any] = chunks
-            value: Any = None
-        else:
-            value = _gather(chunks)
-        prompt = self._request(value, config)
-        mod = StreamModerator(guard, prompt if prompt is not None else NO_PROMPT,
-                              config=self.guard_config, chunk_chars=self.chunk_chars) \
-            if self._checks_answer else None
-        if self._checks_request and prompt is not None:
-            verdict = (mod.prompt_verdict if mod else None) or judge(guard.check_prompt(prompt),
-                                                                     self.guard_config)
-            self._emit("input", verdict, config)
-            if verdict.unsafe:
-                yield self._violation("input", verdict, _shape_hint(self.bound, value, chunk=True))
-                return
-        if self.bound is None and self.stage == "input":
-            yield value
-            return
-        if self.bound is not None:
-            upstream = self.bound.stream(value, self._child(config, run_manager), **kwargs)
-        if mod is None:
-            yield from upstream
-            return
-        relay = ChunkRelay(mod)
-        try:
-            for chunk in upstream:
-                yield from relay.push(chunk)
-                if mod.intercepted:
-                    break
-            else:
-                yield from relay.finish()
-        finally:
-            close = getattr(upstream, "close", None)
-            if close is not None:
-                close()
-            mod.abort()
-        if mod.verdict is not None:
-            self._emit("stream", mod.verdict, config)
-        if mod.intercepted:
-            if self.on_violation == "raise":
-                raise mod.violation()
-            yield relay.make(self.replacement)
+        driver = _ChainSync(self, sync_guard(self.guard), config, run_manager, chunks, kwargs)
+        yield from driver.iterate(self._transform_plan(config))
 
     async def _atransform(self, chunks: AsyncIterator[Any], run_manager: AsyncCallbackManagerForChainRun,
                           config: RunnableConfig, **kwargs: Any) -> AsyncIterator[Any]:
-        guard = self.guard if self.guard is not None else await asyncio.to_thread(default_guard)
-        if self.bound is None and self.stage == "output":
-            upstream: AsyncIterator[Any] = chunks
-            value: Any = None
-        else:
-            value = await _agather(chunks)
-        prompt = self._request(value, config)
-        mod = await StreamModerator.acreate(guard, prompt if prompt is not None else NO_PROMPT,
-                                            config=self.guard_config, chunk_chars=self.chunk_chars) \
-            if self._checks_answer else None
-        if self._checks_request and prompt is not None:
-            verdict = (mod.prompt_verdict if mod else None) or judge(
-                await acall(guard, "check_prompt", prompt), self.guard_config)
-            await self._aemit("input", verdict, config)
-            if verdict.unsafe:
-                yield self._violation("input", verdict, _shape_hint(self.bound, value, chunk=True))
-                return
-        if self.bound is None and self.stage == "input":
-            yield value
+        driver = _ChainAsync(self, await async_guard(self.guard), config, run_manager, chunks, kwargs)
+        async for out in driver.iterate(self._transform_plan(config)):
+            yield out
+
+
+_PIPED = object()
+"""`stream`'s argument when the upstream is the piped-in input itself."""
+
+
+class _ChainSync(SyncDriver):
+    """Runs the guarded runnable as a child of this run; emits verdicts as custom events."""
+
+    def __init__(self, owner: GuardrailRunnable, guard: GuardProtocol, config: RunnableConfig,
+                 run_manager: CallbackManagerForChainRun, chunks: Iterator[Any],
+                 kwargs: dict[str, Any]) -> None:
+        super().__init__(guard, owner.guard_config, owner.chunk_chars)
+        self.owner, self.run_config, self.run_manager, self.chunks, self.kwargs = \
+            owner, config, run_manager, chunks, kwargs
+
+    def gather(self, _: object) -> object:
+        return _gather(self.chunks)
+
+    def invoke(self, value: object) -> object:
+        assert self.owner.bound is not None
+        child = self.owner._child(self.run_config, self.run_manager)
+        return self.owner.bound.invoke(value, child, **self.kwargs)
+
+    def stream(self, value: object) -> None:
+        if value is _PIPED:
+            self.upstream = self.chunks
             return
-        if self.bound is not None:
-            upstream = self.bound.astream(value, self._child(config, run_manager), **kwargs)
-        if mod is None:
-            async for chunk in upstream:
-                yield chunk
+        assert self.owner.bound is not None
+        child = self.owner._child(self.run_config, self.run_manager)
+        self.upstream = iter(self.owner.bound.stream(value, child, **self.kwargs))
+
+    def emit(self, event: tuple[str, Verdict | ChunkVerdict]) -> None:
+        self.owner._emit(*event, self.run_config)
+
+
+class _ChainAsync(AsyncDriver):
+    def __init__(self, owner: GuardrailRunnable, guard: AnyGuard, config: RunnableConfig,
+                 run_manager: AsyncCallbackManagerForChainRun, chunks: AsyncIterator[Any],
+                 kwargs: dict[str, Any]) -> None:
+        super().__init__(guard, owner.guard_config, owner.chunk_chars)
+        self.owner, self.run_config, self.run_manager, self.chunks, self.kwargs = \
+            owner, config, run_manager, chunks, kwargs
+
+    async def gather(self, _: object) -> object:
+        return await _agather(self.chunks)
+
+    async def invoke(self, value: object) -> object:
+        assert self.owner.bound is not None
+        child = self.owner._child(self.run_config, self.run_manager)
+        return await self.owner.bound.ainvoke(value, child, **self.kwargs)
+
+    async def stream(self, value: object) -> None:
+        if value is _PIPED:
+            self.upstream = self.chunks
             return
-        relay = ChunkRelay(mod)
-        try:
-            async for chunk in upstream:
-                for out in await relay.apush(chunk):
-                    yield out
-                if mod.intercepted:
-                    break
-            else:
-                for out in await relay.afinish():
-                    yield out
-        finally:
-            aclose = getattr(upstream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            await mod.aabort()
-        if mod.verdict is not None:
-            await self._aemit("stream", mod.verdict, config)
-        if mod.intercepted:
-            if self.on_violation == "raise":
-                raise mod.violation()
-            yield relay.make(self.replacement)
+        assert self.owner.bound is not None
+        child = self.owner._child(self.run_config, self.run_manager)
+        self.upstream = aiter(self.owner.bound.astream(value, child, **self.kwargs))
+
+    async def emit(self, event: tuple[str, Verdict | ChunkVerdict]) -> None:
+        await self.owner._aemit(*event, self.run_config)
+
+
+async def _empty() -> AsyncIterator[Any]:
+    return
+    yield
 
 
 def _shape_hint(bound: Runnable[Any, Any] | None, value: Any, *, chunk: bool) -> Any:
     """What a refusal should look like: a message where the runnable returns messages, else text."""
     if bound is None:
         return value
+    inner = bound.bound if isinstance(bound, RunnableBinding) else bound
     try:
-        returns_message = isinstance(bound.OutputType, type) and issubclass(bound.OutputType, BaseMessage)
+        returns_message = isinstance(inner, BaseChatModel) or (
+            isinstance(bound.OutputType, type) and issubclass(bound.OutputType, BaseMessage))
     except TypeError:
         returns_message = False
     if not returns_message:
