@@ -150,7 +150,7 @@ class EmbeddedGuard:
         session = ModerationSession(self.model, prompt, merge_config(self.config, config))
         # ModerationSession.prompt_verdict is inferred as `Verdict` where the protocol's
         # mutable attribute is `Verdict | None`: annotate it there (or make it read-only here)
-        return session  # type: ignore[return-value]
+        return session
 
     def close(self) -> None:
         """Nothing to release: the model lives as long as the guard."""

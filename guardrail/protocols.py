@@ -7,7 +7,7 @@ that drifts from the contract fails mypy rather than a user.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from guardrail.types import (
@@ -32,7 +32,8 @@ __all__ = [
 class SessionProtocol(Protocol):
     """A moderated stream: `feed` each chunk, then `close`; `released` is safe to show."""
 
-    prompt_verdict: Verdict | None
+    @property
+    def prompt_verdict(self) -> Verdict | None: ...
 
     def feed(self, chunk: str | bytes) -> ChunkVerdict: ...
 
@@ -43,7 +44,8 @@ class SessionProtocol(Protocol):
 class AsyncSessionProtocol(Protocol):
     """The async twin of `SessionProtocol`."""
 
-    prompt_verdict: Verdict | None
+    @property
+    def prompt_verdict(self) -> Verdict | None: ...
 
     async def feed(self, chunk: str | bytes) -> ChunkVerdict: ...
 
@@ -57,6 +59,10 @@ class GuardProtocol(Protocol):
     def check_prompt(self, prompt: PromptInput) -> Verdict: ...
 
     def check_response(self, prompt: PromptInput, response: str) -> Verdict: ...
+
+    def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]: ...
+
+    def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]: ...
 
     def generate(
         self,
@@ -85,6 +91,10 @@ class AsyncGuardProtocol(Protocol):
     async def check_prompt(self, prompt: PromptInput) -> Verdict: ...
 
     async def check_response(self, prompt: PromptInput, response: str) -> Verdict: ...
+
+    async def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]: ...
+
+    async def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]: ...
 
     def generate(
         self,

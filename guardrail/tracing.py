@@ -390,12 +390,12 @@ class InstrumentedGuard:
 
     def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]:
         with self._t.checking("guardrail.check_prompts", None, None) as result:
-            result.verdicts = verdicts = self._inner.check_prompts(prompts)  # type: ignore[attr-defined]
+            result.verdicts = verdicts = self._inner.check_prompts(prompts)
         return verdicts
 
     def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
         with self._t.checking("guardrail.check_responses", None, None) as result:
-            result.verdicts = verdicts = self._inner.check_responses(pairs)  # type: ignore[attr-defined]
+            result.verdicts = verdicts = self._inner.check_responses(pairs)
         return verdicts
 
     def session(self, prompt: PromptInput, *, config: GuardConfig | None = None) -> InstrumentedSession:
@@ -480,12 +480,12 @@ class AsyncInstrumentedGuard:
 
     async def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]:
         with self._t.checking("guardrail.check_prompts", None, None) as result:
-            result.verdicts = verdicts = await self._inner.check_prompts(prompts)  # type: ignore[attr-defined]
+            result.verdicts = verdicts = await self._inner.check_prompts(prompts)
         return verdicts
 
     async def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
         with self._t.checking("guardrail.check_responses", None, None) as result:
-            result.verdicts = verdicts = await self._inner.check_responses(pairs)  # type: ignore[attr-defined]
+            result.verdicts = verdicts = await self._inner.check_responses(pairs)
         return verdicts
 
     async def session(self, prompt: PromptInput, *,

@@ -31,15 +31,14 @@ import httpx
 from httpx_sse import EventSource
 
 from guardrail.model.decoding import REFUSAL
-from guardrail.model.engine import StepOutput, StepRequest
 from guardrail.server.chat import ChatDelta, ChatEnd, ChatEvent, ChatMeta, ChatToolCall, merge_tool_calls
 from guardrail.server.errors import APIError
 from guardrail.server.moderation import SteppedSession
-from guardrail.server.routes.check import encode_check
+from guardrail.server.routes.check import check_one
 from guardrail.server.schemas import ChatCompletionRequest, GuardrailInfo
 from guardrail.server.state import ServerState
 from guardrail.server.upstream_trace import UpstreamSpan
-from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict, label_for
+from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict
 
 log = logging.getLogger("guardrail.server")
 
@@ -294,15 +293,9 @@ class ProxyStream:
 
     async def _check_tool_call(self, call: dict[str, Any]) -> Verdict:
         """The guard's response check over one call's name and arguments."""
-        batcher, _ = self.state.require()
-        model = batcher.model
         function = call.get("function") or {}
         text = f"{function.get('name', '')}({function.get('arguments', '')})"
-        ids, query = await self.state.text.run(lambda: encode_check(model, self.messages, text, self.config))
-        out: StepOutput = await batcher.step(StepRequest(model.new_cache(), ids, query, False))
-        score = float(out.score or 0.0)
-        return Verdict(label=label_for(score, self.config.threshold), score=score,
-                       threshold=self.config.threshold, tokens=query.seen)
+        return await check_one(self.state, self.messages, text, self.config)
 
     def _first_feed_deltas(self) -> int:
         """Deltas (about a word each) that reach the first check past the hold-back."""

@@ -217,7 +217,7 @@ LOCAL_DEFAULT_ONLY: dict[str, tuple[object, ...]] = {
 }
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(ValidUnicode):
     """The fields this server reads; anything else is passed through to an upstream.
 
     In local mode a field outside the ones read here is refused (`unsupported_locally`), so a

@@ -54,9 +54,10 @@ async def chat_completions(
     if not state.settings.upstream:
         refuse_unsupported(body)
     messages = body.chat_messages()
-    to_messages(messages)  # InputError (400) before anything is sent
+    to_messages(messages)  # InputError (422) before anything is sent
+    await state.prompt_ids(messages, field="messages")  # 413 over the prompt-token budget
     batcher.admit()
-    config = state.config_for(body.guardrail)
+    config = state.config_for(body.guardrail, field="guardrail")
     log.debug("chat messages=%s", state.text_for_log(messages))
     events: AsyncIterator[ChatEvent]
     background: BackgroundTask | None = None

@@ -13,7 +13,7 @@ import inspect
 from typing import TypeAlias, cast
 
 from guardrail.protocols import AsyncGuardProtocol, GuardProtocol, PromptInput
-from guardrail.streaming import default_guard, resolve_guard
+from guardrail.stream.default import aresolve_guard, resolve_guard
 from guardrail.types import Verdict
 
 AnyGuard: TypeAlias = GuardProtocol | AsyncGuardProtocol
@@ -37,10 +37,7 @@ def sync_guard(guard: AnyGuard | None) -> GuardProtocol:
 
 async def async_guard(guard: AnyGuard | None) -> AnyGuard:
     """The guard for an async call; the shared embedded guard loads off the event loop."""
-    if guard is not None:
-        return guard
-    loaded: GuardProtocol = await asyncio.to_thread(default_guard)
-    return loaded
+    return await aresolve_guard(guard)
 
 
 async def acheck_prompt(guard: AnyGuard, prompt: PromptInput) -> Verdict:
