@@ -46,7 +46,8 @@ def run_clean(model: Any) -> tuple[str, bool, int | None, int]:
     return outcome(verdicts)
 
 
-def feed_with_failures(session: ModerationSession, fail: Callable[[], Any]) -> tuple[str, bool, int | None, int]:
+def feed_with_failures(session: ModerationSession,
+                       fail: Callable[[], Any]) -> tuple[str, bool, int | None, int]:
     """Feed every chunk, each preceded by a failing attempt; the failures must leave no trace."""
     verdicts = []
     for chunk in CHUNKS:
@@ -69,7 +70,8 @@ def test_lone_surrogate_is_refused_and_changes_nothing(keyword: KeywordSafetyMod
     assert feed_with_failures(session, lambda: session.feed(bad)) == run_clean(keyword)
 
 
-def test_tokenizer_failure_changes_nothing(keyword: KeywordSafetyModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tokenizer_failure_changes_nothing(keyword: KeywordSafetyModel,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     session = ModerationSession(keyword, "Tell me a story", CONFIG)
 
     def broken_feed() -> None:
@@ -80,7 +82,8 @@ def test_tokenizer_failure_changes_nothing(keyword: KeywordSafetyModel, monkeypa
     assert feed_with_failures(session, broken_feed) == run_clean(keyword)
 
 
-def test_forward_failure_changes_nothing(keyword: KeywordSafetyModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forward_failure_changes_nothing(keyword: KeywordSafetyModel,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     session = ModerationSession(keyword, "Tell me a story", CONFIG)
 
     def broken_pass() -> None:
