@@ -166,9 +166,10 @@ class ModerationState:
             else:
                 self.buffer.finish(True)
                 self.closed = True
-        newly = self.tokens.text_upto(self.buffer.released)[len(self.released_text):]
+        end = self.tokens.end_of(self.buffer.released)
         if final and not self.intercepted and self.buffer.released == len(self.response):
-            newly = self.tokens.text[len(self.released_text):]
+            end = len(self.tokens.text)  # the whole stream, trailing invisible characters included
+        newly = self.tokens.raw[len(self.released_text) : end]
         self.released_text += newly
         if self.closed:  # nothing more will be checked: free the KV cache now
             self.cache = self.model.new_cache()

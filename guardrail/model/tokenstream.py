@@ -136,9 +136,13 @@ class IncrementalTokenizer:
 
     def text_upto(self, n_tokens: int) -> str:
         """The caller's exact text covered by the first `n_tokens` tokens."""
+        return self.raw[: self.end_of(n_tokens)]
+
+    def end_of(self, n_tokens: int) -> int:
+        """Where, in the caller's text, the first `n_tokens` tokens end."""
         if n_tokens <= 0:
-            return ""
-        return self.raw[: self.token_ends[min(n_tokens, len(self.token_ends)) - 1]]
+            return 0
+        return self.token_ends[min(n_tokens, len(self.token_ends)) - 1]
 
 
 class _Rollback:
