@@ -65,7 +65,8 @@ class _Job:
 
     @property
     def size(self) -> int:
-        return len(self.request.token_ids) if self.request is not None else 0
+        """Rows this step adds to a pass: its new tokens and its [CLS] checks."""
+        return len(self.request.token_ids) + len(self.request.checks) if self.request is not None else 0
 
 
 def _tracer() -> Any:
