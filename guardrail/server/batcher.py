@@ -251,7 +251,7 @@ class Batcher:
                 if job.trace_context is not None:
                     wait = tracer.start_span("guardrail.batcher.wait", context=job.trace_context,
                                              start_time=job.enqueued_ns, links=[link],
-                                             attributes={"guardrail.step.tokens": job.size})
+                                             attributes={"guardrail.step.rows": job.size})
                     wait.end(end_time=started_ns)
             self._pass(group)
 
