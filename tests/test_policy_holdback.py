@@ -89,7 +89,7 @@ def test_schedule_positions_do_not_depend_on_how_the_range_is_split(strategy: st
     split_schedule = CheckSchedule(strategy, period)
     got: list[int] = []
     last = 0
-    for point in sorted(cuts) + [80]:
+    for point in [*sorted(cuts), 80]:
         got += split_schedule.positions(last, point)
         last = point
     one_by_one = CheckSchedule(strategy, period)
