@@ -4,14 +4,17 @@ Each checked step rides its [CLS] query in the same forward pass as the next tok
 is released through the hold-back buffer. On `tau` consecutive unsafe checks the guard
 either stops, or drops the withheld tokens, inserts a refusal and lets the model justify it.
 
-The loop is written once, as a plan (`generation_plan`) that yields the work it needs done
-(`Forward`, `Detokenize`, `DropTokens`) and the events it produces. `generate_events` runs the
-work in place (the embedded guard); the sidecar runs the same plan with forward passes in its
-batcher and tokenizer work on its tokenizer thread.
+The loop is written once, as a plan (`generation_plan`, in the vocabulary of
+`guardrail.model.plans`) that yields the work it needs done (`Forward`, `Tokenize`,
+`Detokenize`, `Encode`, `DropTokens`) and the events it produces. `generate_events` runs it
+in place (the embedded guard); the sidecar runs the same plan with the batched driver
+(`guardrail.server.driver`): forward passes in its batcher, tokenizer work on its tokenizer
+thread.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ import torch
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
 from guardrail.model.masks import ClsQuery
+from guardrail.model.plans import CacheWork, Forward, Tokenize, TokenizerWork, events_in_place
 from guardrail.model.policy import CheckSchedule, TauPolicy
 from guardrail.model.prompts import PromptInput, encode_prompt, encode_text, fit_prompt
 from guardrail.model.tokenstream import IncrementalDetokenizer
@@ -34,6 +38,7 @@ from guardrail.types import (
     Timings,
     TokenEvent,
     Usage,
+    label_for,
 )
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -61,17 +66,9 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-# -- the work a plan asks its driver for --------------------------------------------------------
+# -- the generation's own kinds of work (the vocabulary is `guardrail.model.plans`) ---------------
 @dataclass
-class Forward:
-    """One forward pass; the driver answers (next token if `sample`, else None; the score)."""
-
-    request: StepRequest
-    sample: bool
-
-
-@dataclass
-class Detokenize:
+class Detokenize(TokenizerWork):
     """Turn released token ids into text (tokenizer work); answered with the text."""
 
     detokenizer: IncrementalDetokenizer
@@ -83,7 +80,7 @@ class Detokenize:
 
 
 @dataclass
-class Encode:
+class Encode(TokenizerWork):
     """Tokenize text to be appended to the response (tokenizer work); answered with the ids."""
 
     tokenizer: Any
@@ -94,7 +91,7 @@ class Encode:
 
 
 @dataclass
-class DropTokens:
+class DropTokens(CacheWork):
     """Remove the last `count` tokens from a cache (model work: withheld tokens before a refusal)."""
 
     cache: Any
@@ -104,8 +101,9 @@ class DropTokens:
         self.cache.crop(-self.count)
 
 
-Work = Forward | Detokenize | Encode | DropTokens
-Sampled = tuple[int | None, float | None]
+Work = Forward | Tokenize | TokenizerWork | CacheWork
+#: The sampled next token (None when not sampling) and the scores of the pass's checks, in order.
+Sampled = tuple[int | None, list[float]]
 #: Yields work and events; receives the answer to each piece of work (None after an event).
 GenerationPlan = Generator[Work | GenerationEvent, Any, None]
 
@@ -119,10 +117,10 @@ class Sampler:
 
     def pick(self, out: StepOutput, sample: bool) -> Sampled:
         if not sample or out.logits is None:
-            return None, out.score
+            return None, out.scores
         if self.generator is None and self.params.seed is not None:  # on the logits' device (CUDA too)
             self.generator = torch.Generator(device=out.logits.device).manual_seed(self.params.seed)
-        return sample_next(out.logits, self.params, self.generator), out.score
+        return sample_next(out.logits, self.params, self.generator), out.scores
 
 
 @dataclass
@@ -142,8 +140,10 @@ def encode_inputs(model: SafetyModel, prompt: PromptInput, prefill: str | None,
 class _Stream:
     """State of one generation: cache, response ids, buffer, policy, released text."""
 
-    def __init__(self, model: SafetyModel, prompt_ids: list[int], config: GuardConfig) -> None:
+    def __init__(self, model: SafetyModel, prompt_ids: list[int], config: GuardConfig,
+                 sampler: Sampler) -> None:
         self.model = model
+        self.sampler = sampler
         self.config = config
         self.cache = model.new_cache()
         self.prompt_len = len(prompt_ids)
@@ -154,12 +154,15 @@ class _Stream:
         self.text = ""
         self.checks = 0
 
-    def query(self) -> ClsQuery:
-        return ClsQuery(seen=self.prompt_len + len(self.response), prompt_len=self.prompt_len,
-                        window=self.config.window)
+    def query(self, length: int | None = None) -> ClsQuery:
+        """A check over the prompt and the first `length` response tokens (default: all)."""
+        length = len(self.response) if length is None else length
+        return ClsQuery(seen=self.prompt_len + length, prompt_len=self.prompt_len, window=self.config.window)
 
-    def forward(self, ids: list[int], check: ClsQuery | None, *, sample: bool = True) -> Forward:
-        return Forward(StepRequest(self.cache, ids, check, sample), sample)
+    def forward(self, ids: list[int], checks: list[ClsQuery], *, sample: bool = True) -> Forward:
+        """A pass answered with (next token if `sample`, else None; the checks' scores)."""
+        request = StepRequest(self.cache, ids, want_logits=sample, checks=checks)
+        return Forward(request, post=functools.partial(self.sampler.pick, sample=sample))
 
     def release(self, n: int, *, final: bool = False) -> Generator[Work, Any, TokenEvent | None]:
         start = self.buffer.released - n
@@ -170,8 +173,8 @@ class _Stream:
         return TokenEvent(index=start, text=piece)
 
 
-def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardConfig,
-                    params: SamplingParams, *, guard: bool = True,
+def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig,
+                    params: SamplingParams, *, prefill: str | None = None, guard: bool = True,
                     started: float | None = None) -> GenerationPlan:
     """One guarded generation as a plan: token, score, intercept and done events, in order.
 
@@ -180,30 +183,37 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
     """
     started = time.perf_counter() if started is None else started
     first_token_ms: float | None = None
+    encode = functools.partial(encode_inputs, model, prompt, prefill, params)
+    inputs: GenerationInputs = yield Tokenize(encode)
     prompt_ids, prefill_ids = inputs.prompt_ids, inputs.prefill_ids
-    stream = _Stream(model, prompt_ids, config if guard else config.model_copy(update={"hold_back": 0}))
+    stream = _Stream(model, prompt_ids, config if guard else config.model_copy(update={"hold_back": 0}),
+                     Sampler(params))
     schedule = CheckSchedule(config.strategy, config.period)
     eos = set(eos_ids(model))
     intercepted: InterceptEvent | None = None
 
-    def check_now() -> ClsQuery | None:
-        return stream.query() if guard else None
-
     # Prompt pass (with the prompt check riding along), then the prefill as forced response tokens.
-    token, score = yield stream.forward(prompt_ids, check_now() if config.check_prompt else None,
-                                        sample=not prefill_ids)
-    if score is not None:
+    prompt_check = [stream.query()] if guard and config.check_prompt else []
+    token, scores = yield stream.forward(prompt_ids, prompt_check, sample=not prefill_ids)
+    if scores:
+        score = scores[-1]
         stream.checks += 1
-        flagged = score >= config.threshold
+        flagged = label_for(score, config.threshold) == "unsafe"
         yield ScoreEvent(index=0, score=score, unsafe=flagged, streak=int(flagged))
         if flagged:
             intercepted = InterceptEvent(index=0, score=score, action=config.action, stage="prompt")
     if intercepted is None and prefill_ids:
+        # The forced tokens get the schedule's checks at their positions, and one at their end.
         stream.response.extend(prefill_ids)
         stream.buffer.append(len(prefill_ids))
-        token, score = yield stream.forward(prefill_ids, check_now())
-        if score is not None:
-            intercepted = yield from _record_check(stream, score)
+        due = schedule.positions(0, len(prefill_ids)) if guard else []
+        if guard and (not due or due[-1] != len(prefill_ids)):
+            due.append(len(prefill_ids))
+        token, scores = yield stream.forward(prefill_ids, [stream.query(n) for n in due])
+        for position, score in zip(due, scores, strict=True):
+            intercepted = yield from _record_check(stream, score, position=position)
+            if intercepted is not None:
+                break
 
     generated = 0
     while intercepted is None and generated < params.max_new_tokens and token is not None:
@@ -213,10 +223,10 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
         stream.response.append(token)
         stream.buffer.append(1)
         do_check = guard and schedule.should_check(len(stream.response))
-        token, score = yield stream.forward([token], stream.query() if do_check else None,
-                                            sample=generated < params.max_new_tokens)
-        if score is not None:
-            intercepted = yield from _record_check(stream, score)
+        token, scores = yield stream.forward([token], [stream.query()] if do_check else [],
+                                             sample=generated < params.max_new_tokens)
+        if scores:
+            intercepted = yield from _record_check(stream, scores[-1])
         elif not guard:
             stream.buffer.cleared = stream.buffer.total
             event = yield from stream.release(stream.buffer.on_check(stream.buffer.total, unsafe=False))
@@ -230,10 +240,9 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
         # Cover the tail that no scheduled check reached before releasing it.
         safe = True
         if guard and stream.buffer.cleared < len(stream.response):
-            _, score = yield stream.forward([], stream.query(), sample=False)
-            assert score is not None
-            intercepted = yield from _record_check(stream, score, final=True)
-            safe = intercepted is None and score < config.threshold
+            _, scores = yield stream.forward([], [stream.query()], sample=False)
+            intercepted = yield from _record_check(stream, scores[-1], final=True)
+            safe = intercepted is None and not stream.policy.is_unsafe(scores[-1])
         if intercepted is None:
             event = yield from stream.release(stream.buffer.finish(safe or not guard), final=True)
             if event:
@@ -254,17 +263,19 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
     )
 
 
-def _record_check(stream: _Stream, score: float, *, final: bool = False
+def _record_check(stream: _Stream, score: float, *, final: bool = False, position: int | None = None
                   ) -> Generator[Work | GenerationEvent, Any, InterceptEvent | None]:
-    """Apply one check to policy and buffer; yield its events; return an intercept or None."""
+    """Apply one check over the first `position` response tokens (default: all) to policy and
+    buffer; yield its events; return an intercept or None."""
+    position = len(stream.response) if position is None else position
     stream.checks += 1
     act = stream.policy.update(score)
     unsafe = stream.policy.is_unsafe(score)
-    yield ScoreEvent(index=len(stream.response), score=score, unsafe=unsafe, streak=stream.policy.streak)
+    yield ScoreEvent(index=position, score=score, unsafe=unsafe, streak=stream.policy.streak)
     if act or (final and unsafe):
         stream.buffer.intercept()
         return InterceptEvent(index=stream.buffer.released, score=score, action=stream.config.action)
-    event = yield from stream.release(stream.buffer.on_check(len(stream.response), unsafe))
+    event = yield from stream.release(stream.buffer.on_check(position, unsafe))
     if event:
         yield event
     return None
@@ -284,31 +295,23 @@ def _refuse(stream: _Stream, eos: set[int], guard: bool) -> Generator[Work | Gen
     refusal_ids = yield Encode(stream.model.tokenizer, prefix)
     stream.text += prefix
     yield TokenEvent(index=len(stream.response), text=prefix)
-    token, _ = yield stream.forward(refusal_ids, None)
+    token, _ = yield stream.forward(refusal_ids, [])
     justification: list[int] = []
     for i in range(JUSTIFY_TOKENS):
         if token is None or token in eos:
             break
         justification.append(token)
-        token, _ = yield stream.forward([token], None, sample=i + 1 < JUSTIFY_TOKENS)
+        token, _ = yield stream.forward([token], [], sample=i + 1 < JUSTIFY_TOKENS)
     if justification:
         seen = stream.prompt_len + len(stream.response) + len(refusal_ids) + len(justification)
         check = ClsQuery(seen=seen, prompt_len=stream.prompt_len, window=stream.config.window)
-        score = None
+        scores: list[float] = []
         if guard:
-            _, score = yield stream.forward([], check, sample=False)
-        if score is None or score < stream.config.threshold:
+            _, scores = yield stream.forward([], [check], sample=False)
+        if not scores or not stream.policy.is_unsafe(scores[-1]):
             piece = yield Detokenize(IncrementalDetokenizer(stream.model.tokenizer), justification, True)
             stream.text += piece
             yield TokenEvent(index=len(stream.response) + len(refusal_ids), text=piece)
-
-
-def advance(plan: GenerationPlan, answer: Any) -> Work | GenerationEvent | None:
-    """Hand the plan the answer to its last item and take its next one (None when it is done)."""
-    try:
-        return plan.send(answer)
-    except StopIteration:
-        return None
 
 
 def generate_events(
@@ -321,21 +324,8 @@ def generate_events(
     guard: bool = True,
 ) -> Iterator[GenerationEvent]:
     """Yield token, score, intercept and done events for one guarded generation (in place)."""
-    started = time.perf_counter()
-    sampler = Sampler(params)
-    inputs = encode_inputs(model, prompt, prefill, params)
-    plan = generation_plan(model, inputs, config, params, guard=guard, started=started)
-    answer: Any = None
-    while (item := advance(plan, answer)) is not None:
-        answer = None
-        if isinstance(item, Forward):
-            r = item.request
-            out = model.step(r.cache, r.token_ids, check=r.check, want_logits=r.want_logits)
-            answer = sampler.pick(out, item.sample)
-        elif isinstance(item, Detokenize | Encode | DropTokens):
-            answer = item.run()
-        else:
-            yield item
+    plan = generation_plan(model, prompt, config, params, prefill=prefill, guard=guard)
+    yield from events_in_place(model, plan)
 
 
 def eos_ids(model: SafetyModel) -> list[int]:
