@@ -172,13 +172,44 @@ def test_check_input_refuses_before_reading_upstream(flag: Guard) -> None:
     assert upstream.read == 0
 
 
+class FeedRecorder:
+    """A guard whose sessions record every chunk they are fed (and defer to `inner`)."""
+
+    def __init__(self, inner: Guard) -> None:
+        self.inner = inner
+        self.fed: list[str | bytes] = []
+
+    def check_prompt(self, prompt: Any) -> Any:
+        return self.inner.check_prompt(prompt)
+
+    def check_response(self, prompt: Any, response: str) -> Any:
+        return self.inner.check_response(prompt, response)
+
+    def session(self, prompt: Any, *, config: GuardConfig | None = None) -> Any:
+        recorder, session = self, self.inner.session(prompt, config=config)
+
+        class Recording:
+            prompt_verdict = session.prompt_verdict
+
+            def feed(self, chunk: str | bytes) -> Any:
+                recorder.fed.append(chunk)
+                return session.feed(chunk)
+
+            def close(self) -> Any:
+                return session.close()
+
+        return Recording()
+
+
 def test_chunk_chars_coalesces_small_deltas(allow: Guard) -> None:
     stages: list[str] = []
+    recorder = FeedRecorder(allow)
     deltas = list("Flour and water.")
-    out = "".join(moderate(iter(deltas), prompt="hi", guard=allow, chunk_chars=8,
+    out = "".join(moderate(iter(deltas), prompt="hi", guard=recorder, chunk_chars=8,
                            on_verdict=lambda stage, v: stages.append(stage)))
     assert out == "Flour and water."
-    assert stages.count("stream") <= 3  # 16 one-character deltas, at most 3 checks
+    assert recorder.fed == ["Flour an", "d water."]  # 16 one-character deltas, fed as two chunks
+    assert stages.count("stream") == 3  # one verdict per fed chunk and one at close
 
 
 def test_openai_and_anthropic_streams_end_to_end(allow: Guard) -> None:
