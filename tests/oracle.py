@@ -211,3 +211,35 @@ def tokens_before(tokenizer: Any, text: str, needle: str) -> int:
     _, ends = whole_text_tokens(tokenizer, text)
     cut = text.index(needle)
     return sum(1 for end in ends if end <= cut)
+
+
+#: Whether sessions already check on token positions (the engine's side of the contract). Until
+#: then, a coarse chunk is checked at its end only, so it releases less than the contract says.
+POSITIONS_ON_TOKENS = False
+
+
+def words_of(text: str) -> list[str]:
+    """Word by word, each word with its leading space, as chat APIs stream deltas."""
+    words = text.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]]
+
+
+def assert_released_before_the_cut(tokenizer: Any, text: str, released: str, config: GuardConfig, *,
+                                   exact: bool, safe_prefix: str = "", keyword: str = KEYWORD) -> Outcome:
+    """Nothing flagged was shown, nor the hold-back margin before it, yet the safe text was.
+
+    `exact`: the release equals the contract. Otherwise (a coarse chunking, before sessions
+    check on token positions) it may instead equal what a check at the end of the
+    `safe_prefix` chunk covered, minus the hold-back: nothing in between, nothing more.
+    """
+    expected = expected_outcome(tokenizer, text, config, keyword=keyword)
+    assert expected.intercepted and keyword not in expected.released
+    assert keyword not in released
+    assert expected.released.startswith(released), "released past the last safe check minus the hold-back"
+    if exact or POSITIONS_ON_TOKENS:
+        assert released == expected.released
+    else:
+        committed = tokens_before(tokenizer, text, safe_prefix[safe_prefix.rindex(" "):])
+        floor = text_upto(tokenizer, text, committed - config.hold_back)
+        assert floor and released in (floor, expected.released), "not the last safe check minus the hold-back"
+    return expected
