@@ -64,10 +64,11 @@ def test_session_verdict_independent_of_chunking(tiny: SafetyModel) -> None:
 
 
 def test_session_cut_releases_nothing_flagged(tiny: SafetyModel) -> None:
-    session = ModerationSession(tiny, "hi", GuardConfig(threshold=0.0, tau=2, hold_back=0))
-    first = session.feed("one two three ")
-    assert first.released == "" and not first.intercepted
-    second = session.feed("four five six ")
+    config = GuardConfig(threshold=0.0, tau=2, hold_back=0, strategy="periodic", period=4)
+    session = ModerationSession(tiny, "hi", config)
+    first = session.feed("one two three four five ")  # one check, at 4 tokens: streak 1
+    assert first.released == "" and not first.intercepted and session.state.checks == 2
+    second = session.feed("six seven eight nine ")  # the check at 8 tokens acts
     assert second.intercepted and second.released == "" and second.intercept_index == 0
     with pytest.raises(SessionClosedError, match="intercepted"):
         session.feed("more")

@@ -64,7 +64,7 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
 # -- the work a plan asks its driver for --------------------------------------------------------
 @dataclass
 class Forward:
-    """One forward pass; the driver answers (next token if `sample`, else None; the score)."""
+    """One forward pass; the driver answers (next token if `sample`, else None; the checks' scores)."""
 
     request: StepRequest
     sample: bool
@@ -105,7 +105,8 @@ class DropTokens:
 
 
 Work = Forward | Detokenize | Encode | DropTokens
-Sampled = tuple[int | None, float | None]
+#: The sampled next token (None when not sampling) and the scores of the pass's checks, in order.
+Sampled = tuple[int | None, list[float]]
 #: Yields work and events; receives the answer to each piece of work (None after an event).
 GenerationPlan = Generator[Work | GenerationEvent, Any, None]
 
@@ -119,10 +120,10 @@ class Sampler:
 
     def pick(self, out: StepOutput, sample: bool) -> Sampled:
         if not sample or out.logits is None:
-            return None, out.score
+            return None, out.scores
         if self.generator is None and self.params.seed is not None:  # on the logits' device (CUDA too)
             self.generator = torch.Generator(device=out.logits.device).manual_seed(self.params.seed)
-        return sample_next(out.logits, self.params, self.generator), out.score
+        return sample_next(out.logits, self.params, self.generator), out.scores
 
 
 @dataclass
@@ -154,12 +155,13 @@ class _Stream:
         self.text = ""
         self.checks = 0
 
-    def query(self) -> ClsQuery:
-        return ClsQuery(seen=self.prompt_len + len(self.response), prompt_len=self.prompt_len,
-                        window=self.config.window)
+    def query(self, length: int | None = None) -> ClsQuery:
+        """A check over the prompt and the first `length` response tokens (default: all)."""
+        length = len(self.response) if length is None else length
+        return ClsQuery(seen=self.prompt_len + length, prompt_len=self.prompt_len, window=self.config.window)
 
-    def forward(self, ids: list[int], check: ClsQuery | None, *, sample: bool = True) -> Forward:
-        return Forward(StepRequest(self.cache, ids, check, sample), sample)
+    def forward(self, ids: list[int], checks: list[ClsQuery], *, sample: bool = True) -> Forward:
+        return Forward(StepRequest(self.cache, ids, want_logits=sample, checks=checks), sample)
 
     def release(self, n: int, *, final: bool = False) -> Generator[Work, Any, TokenEvent | None]:
         start = self.buffer.released - n
@@ -186,24 +188,28 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
     eos = set(eos_ids(model))
     intercepted: InterceptEvent | None = None
 
-    def check_now() -> ClsQuery | None:
-        return stream.query() if guard else None
-
     # Prompt pass (with the prompt check riding along), then the prefill as forced response tokens.
-    token, score = yield stream.forward(prompt_ids, check_now() if config.check_prompt else None,
-                                        sample=not prefill_ids)
-    if score is not None:
+    prompt_check = [stream.query()] if guard and config.check_prompt else []
+    token, scores = yield stream.forward(prompt_ids, prompt_check, sample=not prefill_ids)
+    if scores:
+        score = scores[-1]
         stream.checks += 1
         flagged = score >= config.threshold
         yield ScoreEvent(index=0, score=score, unsafe=flagged, streak=int(flagged))
         if flagged:
             intercepted = InterceptEvent(index=0, score=score, action=config.action, stage="prompt")
     if intercepted is None and prefill_ids:
+        # The forced tokens get the schedule's checks at their positions, and one at their end.
         stream.response.extend(prefill_ids)
         stream.buffer.append(len(prefill_ids))
-        token, score = yield stream.forward(prefill_ids, check_now())
-        if score is not None:
-            intercepted = yield from _record_check(stream, score)
+        due = schedule.positions(0, len(prefill_ids)) if guard else []
+        if guard and (not due or due[-1] != len(prefill_ids)):
+            due.append(len(prefill_ids))
+        token, scores = yield stream.forward(prefill_ids, [stream.query(n) for n in due])
+        for position, score in zip(due, scores, strict=True):
+            intercepted = yield from _record_check(stream, score, position=position)
+            if intercepted is not None:
+                break
 
     generated = 0
     while intercepted is None and generated < params.max_new_tokens and token is not None:
@@ -213,10 +219,10 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
         stream.response.append(token)
         stream.buffer.append(1)
         do_check = guard and schedule.should_check(len(stream.response))
-        token, score = yield stream.forward([token], stream.query() if do_check else None,
-                                            sample=generated < params.max_new_tokens)
-        if score is not None:
-            intercepted = yield from _record_check(stream, score)
+        token, scores = yield stream.forward([token], [stream.query()] if do_check else [],
+                                             sample=generated < params.max_new_tokens)
+        if scores:
+            intercepted = yield from _record_check(stream, scores[-1])
         elif not guard:
             stream.buffer.cleared = stream.buffer.total
             event = yield from stream.release(stream.buffer.on_check(stream.buffer.total, unsafe=False))
@@ -230,10 +236,9 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
         # Cover the tail that no scheduled check reached before releasing it.
         safe = True
         if guard and stream.buffer.cleared < len(stream.response):
-            _, score = yield stream.forward([], stream.query(), sample=False)
-            assert score is not None
-            intercepted = yield from _record_check(stream, score, final=True)
-            safe = intercepted is None and score < config.threshold
+            _, scores = yield stream.forward([], [stream.query()], sample=False)
+            intercepted = yield from _record_check(stream, scores[-1], final=True)
+            safe = intercepted is None and not stream.policy.is_unsafe(scores[-1])
         if intercepted is None:
             event = yield from stream.release(stream.buffer.finish(safe or not guard), final=True)
             if event:
@@ -254,17 +259,19 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
     )
 
 
-def _record_check(stream: _Stream, score: float, *, final: bool = False
+def _record_check(stream: _Stream, score: float, *, final: bool = False, position: int | None = None
                   ) -> Generator[Work | GenerationEvent, Any, InterceptEvent | None]:
-    """Apply one check to policy and buffer; yield its events; return an intercept or None."""
+    """Apply one check over the first `position` response tokens (default: all) to policy and
+    buffer; yield its events; return an intercept or None."""
+    position = len(stream.response) if position is None else position
     stream.checks += 1
     act = stream.policy.update(score)
     unsafe = stream.policy.is_unsafe(score)
-    yield ScoreEvent(index=len(stream.response), score=score, unsafe=unsafe, streak=stream.policy.streak)
+    yield ScoreEvent(index=position, score=score, unsafe=unsafe, streak=stream.policy.streak)
     if act or (final and unsafe):
         stream.buffer.intercept()
         return InterceptEvent(index=stream.buffer.released, score=score, action=stream.config.action)
-    event = yield from stream.release(stream.buffer.on_check(len(stream.response), unsafe))
+    event = yield from stream.release(stream.buffer.on_check(position, unsafe))
     if event:
         yield event
     return None
@@ -284,20 +291,20 @@ def _refuse(stream: _Stream, eos: set[int], guard: bool) -> Generator[Work | Gen
     refusal_ids = yield Encode(stream.model.tokenizer, prefix)
     stream.text += prefix
     yield TokenEvent(index=len(stream.response), text=prefix)
-    token, _ = yield stream.forward(refusal_ids, None)
+    token, _ = yield stream.forward(refusal_ids, [])
     justification: list[int] = []
     for i in range(JUSTIFY_TOKENS):
         if token is None or token in eos:
             break
         justification.append(token)
-        token, _ = yield stream.forward([token], None, sample=i + 1 < JUSTIFY_TOKENS)
+        token, _ = yield stream.forward([token], [], sample=i + 1 < JUSTIFY_TOKENS)
     if justification:
         seen = stream.prompt_len + len(stream.response) + len(refusal_ids) + len(justification)
         check = ClsQuery(seen=seen, prompt_len=stream.prompt_len, window=stream.config.window)
-        score = None
+        scores: list[float] = []
         if guard:
-            _, score = yield stream.forward([], check, sample=False)
-        if score is None or score < stream.config.threshold:
+            _, scores = yield stream.forward([], [check], sample=False)
+        if not scores or not stream.policy.is_unsafe(scores[-1]):
             piece = yield Detokenize(IncrementalDetokenizer(stream.model.tokenizer), justification, True)
             stream.text += piece
             yield TokenEvent(index=len(stream.response) + len(refusal_ids), text=piece)
@@ -330,7 +337,7 @@ def generate_events(
         answer = None
         if isinstance(item, Forward):
             r = item.request
-            out = model.step(r.cache, r.token_ids, check=r.check, want_logits=r.want_logits)
+            out = model.step(r.cache, r.token_ids, checks=r.checks, want_logits=r.want_logits)
             answer = sampler.pick(out, item.sample)
         elif isinstance(item, Detokenize | Encode | DropTokens):
             answer = item.run()

@@ -11,7 +11,7 @@ import inspect
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,20 +33,39 @@ from guardrail.model.masks import ClsQuery, cls_visibility, strategic_mask, stra
 
 @dataclass
 class StepRequest:
-    """One stream's share of a batched step: its cache, its new tokens, an optional check."""
+    """One stream's share of a batched step: its cache, its new tokens, its [CLS] checks.
+
+    `checks` lists every [CLS] query of the pass, in order (a chunk of N tokens carries one
+    per scheduled position). `check` is the last of them: single-check callers pass only it,
+    and the two are kept consistent on construction.
+    """
 
     cache: DynamicCache
     token_ids: list[int]
     check: ClsQuery | None = None
     want_logits: bool = False
+    checks: list[ClsQuery] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.checks:
+            if self.check is not None and self.check != self.checks[-1]:
+                raise ValueError("`check` must be the last of `checks`")
+            self.check = self.checks[-1]
+        elif self.check is not None:
+            self.checks = [self.check]
 
 
 @dataclass
 class StepOutput:
-    """Next-token logits (over the original vocabulary) and the unsafe score, if checked."""
+    """Next-token logits (over the original vocabulary) and the unsafe scores of the checks.
+
+    `scores` holds one score per query of the request's `checks`, in order; `score` is the
+    last of them (None when nothing was checked).
+    """
 
     logits: torch.Tensor | None
     score: float | None
+    scores: list[float] = field(default_factory=list)
 
 
 class SafetyModel(nn.Module):
@@ -186,27 +205,22 @@ class SafetyModel(nn.Module):
         *,
         check: ClsQuery | None = None,
         want_logits: bool = True,
+        checks: list[ClsQuery] | None = None,
     ) -> StepOutput:
-        """Feed tokens to one stream's cache; optionally check it in the same pass."""
-        if not token_ids and check is None:
+        """Feed tokens to one stream's cache; evaluate its checks in the same pass."""
+        queries = list(checks) if checks else ([check] if check is not None else [])
+        if not token_ids and not queries:
             return StepOutput(None, None)
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         if not token_ids:
             ids = ids.reshape(1, 0)
-        queries = [[check]] if check is not None else [[]]
         logits_at = [len(token_ids) - 1] if (want_logits and token_ids) else None
-        logits, cls_hidden = self.forward_pass(cache, ids, queries, logits_at=logits_at)
-        score = None
+        logits, cls_hidden = self.forward_pass(cache, ids, [queries], logits_at=logits_at)
+        scores: list[float] = []
         if cls_hidden is not None:
-            score = float(self.head.unsafe_probability(cls_hidden[0, 0]))
-        return StepOutput(logits[0, -1] if logits is not None else None, score)
-
-    @torch.inference_mode()
-    def next_token_logits(self, cache: DynamicCache, token_ids: list[int]) -> torch.Tensor:
-        """The base model's own step (no [CLS]): what an unguarded decoder would compute."""
-        out = self.step(cache, token_ids, check=None)
-        assert out.logits is not None
-        return out.logits
+            scores = [float(p) for p in self.head.unsafe_probability(cls_hidden[0]).reshape(-1)]
+        return StepOutput(logits[0, -1] if logits is not None else None, scores[-1] if scores else None,
+                          scores)
 
     def score_prefixes(
         self,
@@ -244,18 +258,19 @@ class SafetyModel(nn.Module):
         Each stream keeps its own cache. Their caches are left-padded into one batch, so
         the projections and MLPs of all streams' new tokens and [CLS] queries run as one
         large matrix product (small products are inefficient on CPU and GPU alike); each
-        stream's cache then grows by its own new tokens only.
+        stream's cache then grows by its own new tokens only. Every stream may carry several
+        checks; rows with fewer are padded with [CLS] rows that see only themselves.
         """
         if len(requests) == 1:
             r = requests[0]
-            return [self.step(r.cache, r.token_ids, check=r.check, want_logits=r.want_logits)]
+            return [self.step(r.cache, r.token_ids, checks=r.checks, want_logits=r.want_logits)]
         if not requests:
             return []
-        device, _dtype = self.device, self.dtype
+        device = self.device
         pasts = [r.cache.get_seq_length() for r in requests]
         news = [len(r.token_ids) for r in requests]
         big_past, n_new = max(pasts), max(news)
-        n_cls = int(any(r.check is not None for r in requests))
+        n_cls = max(len(r.checks) for r in requests)
         batch = len(requests)
         pad_id = 0
         ids = torch.full((batch, n_new), pad_id, dtype=torch.long, device=device)
@@ -264,7 +279,7 @@ class SafetyModel(nn.Module):
                 ids[b, : news[b]] = torch.tensor(r.token_ids, dtype=torch.long, device=device)
         embeds = self.embed(ids)
         if n_cls:
-            cls = self.head.cls_embedding.to(embeds.dtype).expand(batch, 1, -1)
+            cls = self.head.cls_embedding.to(embeds.dtype).expand(batch, n_cls, -1)
             embeds = torch.cat([embeds, cls], 1)
         keys = big_past + n_new + n_cls
         allowed = torch.zeros(batch, n_new + n_cls, keys, dtype=torch.bool, device=device)
@@ -284,14 +299,13 @@ class SafetyModel(nn.Module):
                     positions[b, j] = pasts[b] + j
                 else:
                     allowed[b, j, big_past + j] = True
-            if n_cls:
-                if r.check is not None:
-                    visible = cls_visibility(pasts[b] + news[b], r.check, device)
-                    allowed[b, n_new, cols[visible]] = True
-                    positions[b, n_new] = r.check.seen
-                else:
-                    allowed[b, n_new, big_past + n_new] = True
-                allowed[b, n_new, big_past + n_new] = True
+            for i in range(n_cls):
+                row = n_new + i
+                if i < len(r.checks):
+                    visible = cls_visibility(pasts[b] + news[b], r.checks[i], device)
+                    allowed[b, row, cols[visible]] = True
+                    positions[b, row] = r.checks[i].seen
+                allowed[b, row, big_past + row] = True
         mask = torch.zeros(batch, 1, n_new + n_cls, keys, dtype=embeds.dtype, device=device)
         mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(embeds.dtype).min)
         streams = [r.cache for r in requests]
@@ -299,13 +313,14 @@ class SafetyModel(nn.Module):
                                    for layer_idx in range(len(self.decoder.layers))])
         with rolled_back_on_error(streams, pasts):
             hidden = self._decode(embeds, mask, positions, batch_view, n_cls)
+            probabilities = self.head.unsafe_probability(hidden[:, n_new:]) if n_cls else None
             outputs = []
             for b, r in enumerate(requests):
                 logits = None
                 if r.want_logits and news[b]:
                     logits = self.lm_head(hidden[b, news[b] - 1]).float()
-                score = None
-                if r.check is not None:
-                    score = float(self.head.unsafe_probability(hidden[b, n_new]))
-                outputs.append(StepOutput(logits, score))
+                scores: list[float] = []
+                if probabilities is not None and r.checks:
+                    scores = [float(p) for p in probabilities[b, : len(r.checks)]]
+                outputs.append(StepOutput(logits, scores[-1] if scores else None, scores))
         return outputs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from guardrail.types import GuardConfig
 
@@ -39,10 +39,14 @@ class CheckSchedule:
         self._next = n_tokens + gap
         return True
 
-    @property
-    def max_gap(self) -> int:
-        """The longest run of unchecked tokens this schedule allows (None-like for `first`)."""
-        return 1 if self.strategy == "each" else self.period
+    def positions(self, start: int, end: int) -> list[int]:
+        """The scheduled response lengths in (start, end], in order.
+
+        Call it with consecutive ranges: the annealing schedule remembers where it is. How
+        the range is split into calls changes nothing, so checks sit on token positions,
+        never on chunk boundaries.
+        """
+        return [n for n in range(start + 1, end + 1) if self.should_check(n)]
 
 
 @dataclass
@@ -52,11 +56,9 @@ class TauPolicy:
     threshold: float = 0.5
     tau: int = 3
     streak: int = 0
-    history: list[float] = field(default_factory=list)
 
     def update(self, score: float) -> bool:
         """Record one check; return True when the guard must act."""
-        self.history.append(score)
         if score >= self.threshold:
             self.streak += 1
         else:

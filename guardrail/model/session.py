@@ -1,7 +1,8 @@
 """Moderation sessions: check a stream produced by another model, chunk by chunk.
 
 The session keeps the KV cache of everything seen, so a chunk costs work proportional to
-the chunk: its new tokens and one [CLS] query go through a single forward pass.
+the chunk: its new tokens and a [CLS] query at each scheduled position inside them go
+through a single forward pass.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import TypeVar
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
 from guardrail.model.masks import ClsQuery
-from guardrail.model.policy import TauPolicy
+from guardrail.model.policy import CheckSchedule, TauPolicy
 from guardrail.model.prompts import PromptInput, encode_prompt, fit_prompt
 from guardrail.model.tokenstream import IncrementalTokenizer
-from guardrail.types import ChunkVerdict, GuardConfig, Verdict
+from guardrail.types import ChunkVerdict, GuardConfig, Verdict, label_for
 
 
 class SessionClosedError(RuntimeError):
@@ -34,7 +35,7 @@ def run_plan(model: SafetyModel, plan: StepPlan[T]) -> T:
     try:
         request = next(plan)
         while True:
-            out = model.step(request.cache, request.token_ids, check=request.check,
+            out = model.step(request.cache, request.token_ids, checks=request.checks,
                              want_logits=request.want_logits)
             request = plan.send(out)
     except StopIteration as done:
@@ -46,6 +47,12 @@ class ModerationState:
 
     The embedded session drives it with direct engine calls; the sidecar drives it through
     its batcher, so many streams share passes. Same state machine, same results.
+
+    Checks sit on token positions, never on chunk boundaries: a chunk of N new tokens gets a
+    [CLS] query at each response length its `CheckSchedule` picks, all in the pass that
+    appends the tokens, and tau, the hold-back and interception then run over those checks
+    in order, exactly as if the tokens had arrived one at a time. How a caller splits its
+    text changes neither the verdicts nor the intercept point.
     """
 
     def __init__(self, model: SafetyModel, config: GuardConfig) -> None:
@@ -55,9 +62,11 @@ class ModerationState:
         self.tokens = IncrementalTokenizer(model.tokenizer)
         self.prompt_ids: list[int] = []
         self.response: list[int] = []
-        self.in_cache = 0  # response tokens whose keys/values are in the cache
+        self.in_cache = 0  # response tokens whose keys/values are in the cache (the most recent ones)
         self.buffer = HoldBackBuffer(config.hold_back)
         self.policy = TauPolicy.from_config(config)
+        self.schedule = CheckSchedule(config.strategy, config.period)
+        self.checked_upto: int | None = None  # response length at the last check
         self.closed = False
         self.intercepted = False
         self.intercept_index: int | None = None
@@ -73,20 +82,19 @@ class ModerationState:
     def encode_prompt(self, prompt: PromptInput) -> list[int]:
         return fit_prompt(encode_prompt(self.model.tokenizer, prompt), self.model.max_context // 2)
 
-    def _request(self, token_ids: list[int], check: ClsQuery | None) -> StepRequest:
-        if check is not None:
-            self.checks += 1
-        return StepRequest(self.cache, token_ids, check, False)
+    def _request(self, token_ids: list[int], checks: list[ClsQuery]) -> StepRequest:
+        return StepRequest(self.cache, token_ids, checks=checks)
 
     def start(self, prompt_ids: list[int]) -> StepPlan[Verdict]:
         """Prefill the prompt with its check riding in the same pass."""
         started = time.perf_counter()
         self.prompt_ids = prompt_ids
-        out = yield self._request(prompt_ids, self._query_after(0))
+        out = yield self._request(prompt_ids, [self._query(0)])
+        self.checks += 1
         score = float(out.score or 0.0)
         self.last_score = score
         self.prompt_verdict = Verdict(
-            label="unsafe" if score >= self.config.threshold else "safe", score=score,
+            label=label_for(score, self.config.threshold), score=score,
             threshold=self.config.threshold, tokens=self.prompt_len,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
@@ -98,35 +106,40 @@ class ModerationState:
                                      "session was intercepted; no more chunks are accepted")
 
     def advance(self, new_ids: list[int], *, final: bool) -> StepPlan[ChunkVerdict]:
-        """Append tokens, check once, apply tau and the hold-back; return the chunk verdict."""
+        """Append tokens with their scheduled checks, apply each check in order; the chunk verdict.
+
+        `ChunkVerdict.score` is the score of the chunk's last check (the previous check's
+        score when no scheduled position fell inside the chunk). On `final`, a check covering
+        the whole response closes the stream unless the last scheduled one already did.
+        """
         started = time.perf_counter()
+        begin = len(self.response)
         self.response.extend(new_ids)
         self.buffer.append(len(new_ids))
-        score = self.last_score
-        if new_ids or final:
-            piece = max(1, self.model.max_context // 4)
-            head, last = new_ids[: len(new_ids) - piece], new_ids[len(new_ids) - piece :]
-            for start in range(0, len(head), piece):  # a huge chunk is prefilled in pieces
-                part = head[start : start + piece]
-                yield from self._make_room(len(part))
-                yield self._request(part, None)
-                self.in_cache += len(part)
-            yield from self._make_room(len(last))
-            out = yield self._request(last, self._query_after(len(last)))
-            self.in_cache += len(last)
-            score = float(out.score if out.score is not None else score)
-            self.last_score = score
-            act = self.policy.update(score)
-            unsafe = self.policy.is_unsafe(score)
-            if act or (final and unsafe):
-                self.buffer.intercept()
-                self.closed = self.intercepted = True
-                self.intercept_index = self.buffer.released
+        end = len(self.response)
+        due = self.schedule.positions(begin, end)
+        if final and self.checked_upto != end and (not due or due[-1] != end):
+            due.append(end)
+        piece = max(1, self.model.max_context // 4)  # a huge chunk is prefilled in pieces
+        at = begin  # response tokens in the cache so far
+        while not self.closed and (at < end or due):
+            part = self.response[at : min(end, at + piece)]
+            here = [p for p in due if p <= at + len(part)]
+            del due[: len(here)]
+            yield from self._make_room(at, len(part))
+            out = yield self._request(part, [self._query(p - at) for p in here])
+            self.in_cache += len(part)
+            at += len(part)
+            for position, score in zip(here, out.scores, strict=True):
+                self._apply(position, score, final=final and position == end)
+                if self.closed:
+                    break
+        if final and not self.closed:
+            if self.checked_upto == end and self.policy.is_unsafe(self.last_score):
+                self._intercept()  # the last check covered everything and was unsafe
             else:
-                self.buffer.on_check(len(self.response), unsafe)
-                if final:
-                    self.buffer.finish(not unsafe)
-                    self.closed = True
+                self.buffer.finish(True)
+                self.closed = True
         newly = self.tokens.text_upto(self.buffer.released)[len(self.released_text):]
         if final and not self.intercepted and self.buffer.released == len(self.response):
             newly = self.tokens.text[len(self.released_text):]
@@ -135,27 +148,51 @@ class ModerationState:
             self.cache = self.model.new_cache()
             self.in_cache = 0
         return ChunkVerdict(
-            label="unsafe" if score >= self.config.threshold else "safe",
-            score=score, threshold=self.config.threshold, released=newly,
+            label=label_for(self.last_score, self.config.threshold),
+            score=self.last_score, threshold=self.config.threshold, released=newly,
             intercepted=self.intercepted, intercept_index=self.intercept_index,
             tokens=len(self.response), latency_ms=(time.perf_counter() - started) * 1000,
         )
 
-    def _query_after(self, n_new: int) -> ClsQuery:
-        return ClsQuery(seen=self.prompt_len + self.in_cache + n_new, prompt_len=self.prompt_len,
+    def _apply(self, position: int, score: float, *, final: bool) -> None:
+        """One check over the first `position` response tokens: tau, hold-back, interception.
+
+        `checks` counts the checks applied; those a pass scored past an interception are not.
+        """
+        self.checks += 1
+        self.last_score = score
+        self.checked_upto = position
+        act = self.policy.update(score)
+        unsafe = self.policy.is_unsafe(score)
+        if act or (final and unsafe):
+            self._intercept()
+            return
+        self.buffer.on_check(position, unsafe)
+        if final:
+            self.buffer.finish(True)
+            self.closed = True
+
+    def _intercept(self) -> None:
+        self.buffer.intercept()
+        self.closed = self.intercepted = True
+        self.intercept_index = self.buffer.released
+
+    def _query(self, offset: int) -> ClsQuery:
+        """A check over the cache plus the first `offset` tokens of the pass being planned."""
+        return ClsQuery(seen=self.prompt_len + self.in_cache + offset, prompt_len=self.prompt_len,
                         window=self.config.window)
 
-    def _make_room(self, n_new: int) -> StepPlan[None]:
-        """Past the context limit, re-encode the prompt and the most recent response tokens.
+    def _make_room(self, at: int, n_new: int) -> StepPlan[None]:
+        """Past the context limit, re-encode the prompt and the response tokens just before `at`.
 
         Rare by design (it costs one re-encode); the [CLS] window then starts later.
         """
         if self.prompt_len + self.in_cache + n_new + 1 <= self.model.max_context:
             return
-        keep = max(0, self.model.max_context // 2 - self.prompt_len)
-        recent = self.response[len(self.response) - n_new - keep : len(self.response) - n_new] if keep else []
+        keep = min(at, max(0, self.model.max_context // 2 - self.prompt_len))
+        recent = self.response[at - keep : at]
         self.cache = self.model.new_cache()
-        yield self._request(self.prompt_ids + recent, None)
+        yield self._request(self.prompt_ids + recent, [])
         self.in_cache = len(recent)
 
 
