@@ -3,7 +3,7 @@
 `KeywordWindowModel` runs the real forward passes of a tiny random Llama (caches, masks,
 batching) and replaces only the [CLS] number: a query scores 0.99 when the keyword's tokens
 lie within the last `span` response tokens it reads, else 0.01. With `span=None` a keyword
-anywhere in the response flags it (a monotone head); with a small span, benign text after a
+anywhere in what the query reads flags it (a monotone head); with a small span, benign text after a
 harmful span lowers the score again, which is what lets a check scheduled on chunk
 boundaries miss it.
 
@@ -86,10 +86,11 @@ class KeywordWindowModel(ScoringModel):
     span: int | None = None
 
     def _score(self, history: list[int], query: Any) -> float:
-        response = history[query.prompt_len : query.seen]
-        if self.span is not None:
-            response = response[-self.span :]
-        return FLAGGED if _contains(response, self.keyword_ids) else CLEAN
+        if self.span is None:  # everything the query reads, the request included (one-shot checks)
+            seen = history[: query.seen]
+        else:
+            seen = history[max(query.prompt_len, query.seen - self.span) : query.seen]
+        return FLAGGED if _contains(seen, self.keyword_ids) else CLEAN
 
 
 class ScriptedModel(ScoringModel):
@@ -213,9 +214,9 @@ def tokens_before(tokenizer: Any, text: str, needle: str) -> int:
     return sum(1 for end in ends if end <= cut)
 
 
-#: Whether sessions already check on token positions (the engine's side of the contract). Until
-#: then, a coarse chunk is checked at its end only, so it releases less than the contract says.
-POSITIONS_ON_TOKENS = False
+#: Sessions check on token positions (the engine's side of the contract), so even a coarse chunk
+#: releases exactly what the contract says. False restores the weaker chunk-end expectation.
+POSITIONS_ON_TOKENS = True
 
 
 def words_of(text: str) -> list[str]:

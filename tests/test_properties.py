@@ -32,6 +32,7 @@ from tests.oracle import (
     scheduled,
     scripted_model,
     whole_text_tokens,
+    words_of,
 )
 from tests.test_server_support import SAFE_PART, SCRIPT, UNSAFE_WORD, ServerThread, make_model
 
@@ -110,20 +111,9 @@ def test_embedded_any_chunking_same_tokens_verdict_and_text(
     assert final.score == pytest.approx(whole[1].score, abs=1e-5)
 
 
-#: Sessions check on the positions the schedule names, whatever the chunking (the engine's side).
-POSITION_CONTRACT = pytest.mark.xfail(
-    strict=False,
-    reason="moderation contract: checks on token positions, never on chunk boundaries "
-           "(engine change pending; today a session checks once per chunk, at its end)")
 KEYWORD_CONFIGS = st.builds(
     GuardConfig, strategy=st.sampled_from(["each", "periodic"]), period=st.integers(1, 6),
     tau=st.integers(1, 3), hold_back=st.integers(0, 4), threshold=st.just(0.5))
-
-
-def words_of(text: str) -> list[str]:
-    """Word by word, each word with its leading space, as chat APIs stream deltas."""
-    words = text.split(" ")
-    return [words[0]] + [" " + w for w in words[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +137,6 @@ def test_fine_chunks_release_exactly_the_contract(
         expected.intercepted, expected.intercept_index, expected.released)
 
 
-@POSITION_CONTRACT
 @suite(40, shrink=False)
 @given(chunks=chunkings(SCRIPT.encode()), config=KEYWORD_CONFIGS)
 def test_embedded_intercept_is_chunking_invariant(
@@ -159,7 +148,6 @@ def test_embedded_intercept_is_chunking_invariant(
         expected.intercepted, expected.intercept_index, expected.released)
 
 
-@POSITION_CONTRACT
 @pytest.mark.parametrize("split", ["whole", "two", "words"])
 def test_flagged_span_followed_by_benign_text_is_caught(
         window: SafetyModel, tokenizer: Any, split: str) -> None:
@@ -192,7 +180,6 @@ def scripted_expectation(tokenizer: Any, text: str, scores: list[float], config:
     return Outcome(False, None, text)
 
 
-@POSITION_CONTRACT
 @suite(40, shrink=False)
 @given(scores=st.lists(st.floats(0, 1), min_size=12, max_size=12), hold_back=st.integers(0, 6),
        tau=st.integers(1, 3), threshold=st.floats(0.05, 0.95),
@@ -262,7 +249,6 @@ def test_http_word_chunks_release_exactly_the_contract(
         expected.intercepted, expected.intercept_index, expected.released)
 
 
-@POSITION_CONTRACT
 @suite(12, shrink=False)
 @given(chunks=chunkings(SCRIPT.encode()), config=KEYWORD_CONFIGS)
 def test_http_intercept_is_chunking_invariant(
