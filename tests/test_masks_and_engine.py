@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from guardrail.model.engine import SafetyModel
@@ -160,3 +161,83 @@ def test_failed_batched_pass_leaves_caches_unchanged(tiny: SafetyModel) -> None:
         torch.testing.assert_close(cache.layers[0].keys, keys)
     out = tiny.step_many(requests)  # and the same pass then succeeds as if nothing happened
     assert [c.get_seq_length() for c in caches] == [n + 3 for n in before] and out[0].score is not None
+
+
+def test_several_checks_in_one_pass_equal_one_check_per_prefix(tiny: SafetyModel) -> None:
+    """A chunk's scheduled checks ride one pass; each scores exactly its own prefix (invariant 2),
+    in `step` and in `step_many`, whatever the other rows carry."""
+    from guardrail.model.engine import StepRequest
+
+    prompt, response = _ids(tiny, "Tell me a story", " once upon a time there was a fox in the wood")
+    solo_scores = []
+    for n in range(1, len(response) + 1):
+        cache = tiny.new_cache()
+        tiny.step(cache, prompt, want_logits=False)
+        check = ClsQuery(seen=len(prompt) + n, prompt_len=len(prompt))
+        solo_scores.append(tiny.step(cache, response[:n], check=check, want_logits=False).score)
+    positions = [1, 3, 4, len(response)]
+    queries = [ClsQuery(seen=len(prompt) + n, prompt_len=len(prompt)) for n in positions]
+    cache = tiny.new_cache()
+    tiny.step(cache, prompt, want_logits=False)
+    out = tiny.step(cache, response, checks=queries, want_logits=False)
+    assert out.scores == pytest.approx([solo_scores[n - 1] for n in positions], abs=1e-5)
+    assert out.score == out.scores[-1] and cache.get_seq_length() == len(prompt) + len(response)
+
+    caches = []
+    for _ in range(3):
+        c = tiny.new_cache()
+        tiny.step(c, prompt, want_logits=False)
+        caches.append(c)
+    other_prompt, _ = _ids(tiny, "A different and much longer prompt for the second row", "")
+    tiny.step(caches[1], other_prompt[: len(prompt)], want_logits=False)  # a row with a longer past
+    requests = [StepRequest(caches[0], response, checks=queries),
+                StepRequest(caches[1], response[:2]),
+                StepRequest(caches[2], response[:5], checks=queries[:2])]
+    got = tiny.step_many(requests)
+    assert got[0].scores == pytest.approx(out.scores, abs=1e-5)
+    assert got[1].scores == [] and got[1].score is None
+    assert got[2].scores == pytest.approx(out.scores[:2], abs=1e-5)
+
+
+def test_step_request_keeps_check_and_checks_consistent() -> None:
+    from guardrail.model.engine import StepRequest
+
+    q1, q2 = ClsQuery(seen=3, prompt_len=1), ClsQuery(seen=5, prompt_len=1)
+    assert StepRequest(None, [], q1).checks == [q1]  # type: ignore[arg-type]
+    assert StepRequest(None, [], checks=[q1, q2]).check == q2  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        StepRequest(None, [], q1, checks=[q1, q2])  # type: ignore[arg-type]
+
+
+def test_check_plan_is_the_one_check_on_both_drivers(tiny: SafetyModel) -> None:
+    """The one-shot check, in place, batched, and as a batch of checks, gives one verdict."""
+    import asyncio
+
+    from guardrail.model.check import check_plan, run_check, run_checks
+    from guardrail.server.batcher import Batcher
+    from guardrail.server.driver import run_batched
+    from guardrail.server.tokenizing import TokenizerThread
+    from guardrail.types import GuardConfig
+
+    config = GuardConfig(threshold=0.5)
+    items: list[tuple[str, str | None]] = [("How are you?", None), ("Tell me a story", " Once upon a time"),
+                                           ("x " * 900, "y " * 900)]  # over the context: fitted
+    solo = [run_check(tiny, prompt, response, config) for prompt, response in items]
+    batch = run_checks(tiny, items, config)
+
+    async def batched() -> list[object]:
+        batcher, text = Batcher(tiny, max_batch=4, max_wait_ms=5), TokenizerThread()
+        batcher.start()
+        try:
+            return list(await asyncio.gather(*(run_batched(batcher, text, check_plan(tiny, p, r, config))
+                                               for p, r in items)))
+        finally:
+            batcher.stop()
+            text.stop()
+
+    served = asyncio.run(batched())
+    for one, many, remote in zip(solo, batch, served, strict=True):
+        assert one.tokens == many.tokens == remote.tokens <= tiny.max_context - 1  # type: ignore[attr-defined]
+        assert one.score == pytest.approx(many.score, abs=1e-5)
+        assert one.score == pytest.approx(remote.score, abs=1e-5)  # type: ignore[attr-defined]
+        assert one.label == ("unsafe" if one.score >= 0.5 else "safe")

@@ -195,3 +195,40 @@ def test_serve_command_flags() -> None:
                                       "--max-sessions", "4", "--session-ttl", "5", "--max-batch", "8",
                                       "--max-wait-ms", "1", "--log-text"])
     assert args.host == "127.0.0.1" and args.port == 9 and args.max_batch == 8 and args.log_text
+
+
+def test_batcher_spans_cover_the_wait_and_the_pass(plain: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a tracer provider, each pass is a span and each step's wait sits under its caller's span."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from guardrail.server import batcher as batcher_module
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    monkeypatch.setattr(batcher_module, "_tracer", lambda: tracer)
+    secret = "the secret prompt text"
+
+    async def run(batcher: Batcher, text: TokenizerThread) -> None:
+        async def one(i: int) -> None:
+            with tracer.start_as_current_span(f"request-{i}"):
+                session = SteppedSession(batcher, text, GuardConfig(threshold=1.0, period=2))
+                await session.start(secret)
+                await session.feed(" alpha beta gamma delta epsilon ")
+
+        await asyncio.gather(one(0), one(1))
+
+    _with_batcher(plain, run)
+    spans = exporter.get_finished_spans()
+    passes = [s for s in spans if s.name == "guardrail.batcher.pass"]
+    waits = [s for s in spans if s.name == "guardrail.batcher.wait"]
+    requests = {s.context.span_id: s for s in spans if s.name.startswith("request-")}
+    assert passes and len(waits) == 4  # two steps (prompt, chunk) for each of two sessions
+    assert sum(s.attributes["guardrail.batch.size"] for s in passes) == 4
+    assert sum(s.attributes["guardrail.batch.checks"] for s in passes) >= 4
+    assert all(w.parent is not None and w.parent.span_id in requests for w in waits)
+    assert all(w.links and w.end_time >= w.start_time for w in waits)
+    assert not any(secret in str(value) for s in spans for value in (s.attributes or {}).values())

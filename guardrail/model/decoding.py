@@ -4,14 +4,17 @@ Each checked step rides its [CLS] query in the same forward pass as the next tok
 is released through the hold-back buffer. On `tau` consecutive unsafe checks the guard
 either stops, or drops the withheld tokens, inserts a refusal and lets the model justify it.
 
-The loop is written once, as a plan (`generation_plan`) that yields the work it needs done
-(`Forward`, `Detokenize`, `DropTokens`) and the events it produces. `generate_events` runs the
-work in place (the embedded guard); the sidecar runs the same plan with forward passes in its
-batcher and tokenizer work on its tokenizer thread.
+The loop is written once, as a plan (`generation_plan`, in the vocabulary of
+`guardrail.model.plans`) that yields the work it needs done (`Forward`, `Tokenize`,
+`Detokenize`, `Encode`, `DropTokens`) and the events it produces. `generate_events` runs it
+in place (the embedded guard); the sidecar runs the same plan with the batched driver
+(`guardrail.server.driver`): forward passes in its batcher, tokenizer work on its tokenizer
+thread.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ import torch
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
 from guardrail.model.masks import ClsQuery
+from guardrail.model.plans import CacheWork, Forward, Tokenize, TokenizerWork, events_in_place
 from guardrail.model.policy import CheckSchedule, TauPolicy
 from guardrail.model.prompts import PromptInput, encode_prompt, encode_text, fit_prompt
 from guardrail.model.tokenstream import IncrementalDetokenizer
@@ -61,17 +65,9 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-# -- the work a plan asks its driver for --------------------------------------------------------
+# -- the generation's own kinds of work (the vocabulary is `guardrail.model.plans`) ---------------
 @dataclass
-class Forward:
-    """One forward pass; the driver answers (next token if `sample`, else None; the checks' scores)."""
-
-    request: StepRequest
-    sample: bool
-
-
-@dataclass
-class Detokenize:
+class Detokenize(TokenizerWork):
     """Turn released token ids into text (tokenizer work); answered with the text."""
 
     detokenizer: IncrementalDetokenizer
@@ -83,7 +79,7 @@ class Detokenize:
 
 
 @dataclass
-class Encode:
+class Encode(TokenizerWork):
     """Tokenize text to be appended to the response (tokenizer work); answered with the ids."""
 
     tokenizer: Any
@@ -94,7 +90,7 @@ class Encode:
 
 
 @dataclass
-class DropTokens:
+class DropTokens(CacheWork):
     """Remove the last `count` tokens from a cache (model work: withheld tokens before a refusal)."""
 
     cache: Any
@@ -104,7 +100,7 @@ class DropTokens:
         self.cache.crop(-self.count)
 
 
-Work = Forward | Detokenize | Encode | DropTokens
+Work = Forward | Tokenize | TokenizerWork | CacheWork
 #: The sampled next token (None when not sampling) and the scores of the pass's checks, in order.
 Sampled = tuple[int | None, list[float]]
 #: Yields work and events; receives the answer to each piece of work (None after an event).
@@ -143,8 +139,10 @@ def encode_inputs(model: SafetyModel, prompt: PromptInput, prefill: str | None,
 class _Stream:
     """State of one generation: cache, response ids, buffer, policy, released text."""
 
-    def __init__(self, model: SafetyModel, prompt_ids: list[int], config: GuardConfig) -> None:
+    def __init__(self, model: SafetyModel, prompt_ids: list[int], config: GuardConfig,
+                 sampler: Sampler) -> None:
         self.model = model
+        self.sampler = sampler
         self.config = config
         self.cache = model.new_cache()
         self.prompt_len = len(prompt_ids)
@@ -161,7 +159,9 @@ class _Stream:
         return ClsQuery(seen=self.prompt_len + length, prompt_len=self.prompt_len, window=self.config.window)
 
     def forward(self, ids: list[int], checks: list[ClsQuery], *, sample: bool = True) -> Forward:
-        return Forward(StepRequest(self.cache, ids, want_logits=sample, checks=checks), sample)
+        """A pass answered with (next token if `sample`, else None; the checks' scores)."""
+        request = StepRequest(self.cache, ids, want_logits=sample, checks=checks)
+        return Forward(request, post=functools.partial(self.sampler.pick, sample=sample))
 
     def release(self, n: int, *, final: bool = False) -> Generator[Work, Any, TokenEvent | None]:
         start = self.buffer.released - n
@@ -172,8 +172,8 @@ class _Stream:
         return TokenEvent(index=start, text=piece)
 
 
-def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardConfig,
-                    params: SamplingParams, *, guard: bool = True,
+def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig,
+                    params: SamplingParams, *, prefill: str | None = None, guard: bool = True,
                     started: float | None = None) -> GenerationPlan:
     """One guarded generation as a plan: token, score, intercept and done events, in order.
 
@@ -182,8 +182,11 @@ def generation_plan(model: SafetyModel, inputs: GenerationInputs, config: GuardC
     """
     started = time.perf_counter() if started is None else started
     first_token_ms: float | None = None
+    encode = functools.partial(encode_inputs, model, prompt, prefill, params)
+    inputs: GenerationInputs = yield Tokenize(encode)
     prompt_ids, prefill_ids = inputs.prompt_ids, inputs.prefill_ids
-    stream = _Stream(model, prompt_ids, config if guard else config.model_copy(update={"hold_back": 0}))
+    stream = _Stream(model, prompt_ids, config if guard else config.model_copy(update={"hold_back": 0}),
+                     Sampler(params))
     schedule = CheckSchedule(config.strategy, config.period)
     eos = set(eos_ids(model))
     intercepted: InterceptEvent | None = None
@@ -310,14 +313,6 @@ def _refuse(stream: _Stream, eos: set[int], guard: bool) -> Generator[Work | Gen
             yield TokenEvent(index=len(stream.response) + len(refusal_ids), text=piece)
 
 
-def advance(plan: GenerationPlan, answer: Any) -> Work | GenerationEvent | None:
-    """Hand the plan the answer to its last item and take its next one (None when it is done)."""
-    try:
-        return plan.send(answer)
-    except StopIteration:
-        return None
-
-
 def generate_events(
     model: SafetyModel,
     prompt: PromptInput,
@@ -328,21 +323,8 @@ def generate_events(
     guard: bool = True,
 ) -> Iterator[GenerationEvent]:
     """Yield token, score, intercept and done events for one guarded generation (in place)."""
-    started = time.perf_counter()
-    sampler = Sampler(params)
-    inputs = encode_inputs(model, prompt, prefill, params)
-    plan = generation_plan(model, inputs, config, params, guard=guard, started=started)
-    answer: Any = None
-    while (item := advance(plan, answer)) is not None:
-        answer = None
-        if isinstance(item, Forward):
-            r = item.request
-            out = model.step(r.cache, r.token_ids, checks=r.checks, want_logits=r.want_logits)
-            answer = sampler.pick(out, item.sample)
-        elif isinstance(item, Detokenize | Encode | DropTokens):
-            answer = item.run()
-        else:
-            yield item
+    plan = generation_plan(model, prompt, config, params, prefill=prefill, guard=guard)
+    yield from events_in_place(model, plan)
 
 
 def eos_ids(model: SafetyModel) -> list[int]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from guardrail.model.normalize import normalize
 from guardrail.types import ChatMessage
 
 if TYPE_CHECKING:
@@ -14,7 +16,27 @@ PromptInput = str | Sequence[ChatMessage | dict[str, Any]]
 
 
 class InputError(ValueError):
-    """Input the guard cannot work on; the message names the problem."""
+    """Input the guard cannot work on; the message names the problem (the server answers 4xx)."""
+
+
+class LimitError(InputError):
+    """Input over a size or token limit; the message names the limit (the server answers 413)."""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def ensure_encodable(text: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate cannot be encoded as UTF-8).
+
+    Streams use it: what they release must be the caller's text, so it cannot be cleaned.
+    One-shot text (`clean_text`) drops lone surrogates instead, as it drops control characters.
+    """
+    found = _SURROGATE.search(text)
+    if found is not None:
+        code, offset = ord(found.group()), found.start()
+        raise InputError(f"text holds a lone surrogate (U+{code:04X}) at offset {offset}; "
+                         "send valid UTF-8 (join surrogate pairs split across chunks)")
 
 
 def to_messages(prompt: PromptInput) -> list[dict[str, str]]:
@@ -38,12 +60,13 @@ def _parse_message(message: Any, index: int) -> ChatMessage:
 
 
 def clean_text(text: str | bytes, *, allow_empty: bool = False) -> str:
-    """Decode bytes leniently and drop control characters other than newlines and tabs."""
+    """Decode bytes leniently and normalise what the classifier reads (`guardrail.model.normalize`:
+    invisible and control characters, lone surrogates, exotic spaces, stacked marks)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     if not isinstance(text, str):
         raise InputError(f"text must be a string, not {type(text).__name__}")
-    cleaned = "".join(ch for ch in text if ch in "\n\t\r" or ch.isprintable())
+    cleaned = normalize(text)
     if not allow_empty and not cleaned.strip():
         raise InputError("text is empty")
     return cleaned
@@ -62,7 +85,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: PromptInput) -> li
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Encode response text with no special tokens (it continues an assistant turn)."""
+    """Encode response text, normalised, with no special tokens (it continues an assistant turn)."""
+    text = normalize(text)
     if not text:
         return []
     return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]

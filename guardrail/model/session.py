@@ -9,37 +9,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator
-from typing import TypeVar
+from typing import Any
 
-from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
+from guardrail.model.engine import SafetyModel, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
+from guardrail.model.kvcache import truncate
 from guardrail.model.masks import ClsQuery
+from guardrail.model.plans import Forward, Plan, Tokenize, run_in_place
 from guardrail.model.policy import CheckSchedule, TauPolicy
-from guardrail.model.prompts import PromptInput, encode_prompt, fit_prompt
+from guardrail.model.prompts import LimitError, PromptInput, encode_prompt, fit_prompt
 from guardrail.model.tokenstream import IncrementalTokenizer
 from guardrail.types import ChunkVerdict, GuardConfig, Verdict, label_for
 
 
 class SessionClosedError(RuntimeError):
     """A chunk arrived after the session was closed or intercepted."""
-
-
-T = TypeVar("T")
-#: A sans-IO computation: yields the forward passes it needs, receives their outputs.
-StepPlan = Generator[StepRequest, StepOutput, T]
-
-
-def run_plan(model: SafetyModel, plan: StepPlan[T]) -> T:
-    """Drive a plan with direct engine calls (the embedded, in-process way)."""
-    try:
-        request = next(plan)
-        while True:
-            out = model.step(request.cache, request.token_ids, checks=request.checks,
-                             want_logits=request.want_logits)
-            request = plan.send(out)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
 
 
 class ModerationState:
@@ -55,9 +39,10 @@ class ModerationState:
     text changes neither the verdicts nor the intercept point.
     """
 
-    def __init__(self, model: SafetyModel, config: GuardConfig) -> None:
+    def __init__(self, model: SafetyModel, config: GuardConfig, *, max_tokens: int | None = None) -> None:
         self.model = model
         self.config = config
+        self.max_tokens = max_tokens  # response tokens the stream may hold (None: no limit)
         self.cache = model.new_cache()
         self.tokens = IncrementalTokenizer(model.tokenizer)
         self.prompt_ids: list[int] = []
@@ -82,14 +67,14 @@ class ModerationState:
     def encode_prompt(self, prompt: PromptInput) -> list[int]:
         return fit_prompt(encode_prompt(self.model.tokenizer, prompt), self.model.max_context // 2)
 
-    def _request(self, token_ids: list[int], checks: list[ClsQuery]) -> StepRequest:
-        return StepRequest(self.cache, token_ids, checks=checks)
+    def _request(self, token_ids: list[int], checks: list[ClsQuery]) -> Forward:
+        return Forward(StepRequest(self.cache, token_ids, checks=checks))
 
-    def start(self, prompt_ids: list[int]) -> StepPlan[Verdict]:
-        """Prefill the prompt with its check riding in the same pass."""
+    def start(self, prompt: PromptInput) -> Plan[Verdict]:
+        """Encode and prefill the prompt with its check riding in the same pass."""
         started = time.perf_counter()
-        self.prompt_ids = prompt_ids
-        out = yield self._request(prompt_ids, [self._query(0)])
+        self.prompt_ids = yield Tokenize(lambda: self.encode_prompt(prompt))
+        out = yield self._request(self.prompt_ids, [self._query(0)])
         self.checks += 1
         score = float(out.score or 0.0)
         self.last_score = score
@@ -105,7 +90,48 @@ class ModerationState:
             raise SessionClosedError("session is closed" if not self.intercepted else
                                      "session was intercepted; no more chunks are accepted")
 
-    def advance(self, new_ids: list[int], *, final: bool) -> StepPlan[ChunkVerdict]:
+    def feed(self, chunk: str | bytes) -> Plan[ChunkVerdict]:
+        """One chunk: tokenise it, check it, release what is safe. A failure changes nothing."""
+        self.ensure_open()
+        return (yield from self._transaction(chunk, final=False))
+
+    def close(self) -> Plan[ChunkVerdict]:
+        """End of the stream: tokenise and check the tail, release it if safe."""
+        if self.closed:
+            raise SessionClosedError("session is already closed")
+        return (yield from self._transaction(b"", final=True))
+
+    def _transaction(self, chunk: str | bytes, *, final: bool) -> Plan[ChunkVerdict]:
+        saved = self._snapshot()
+        try:
+            new_ids: list[int] = yield Tokenize(
+                self.tokens.flush if final else lambda: self.tokens.feed(chunk))
+            if self.max_tokens is not None and len(self.response) + len(new_ids) > self.max_tokens:
+                raise LimitError(f"the response would exceed this session's limit of {self.max_tokens} "
+                                 f"tokens ({len(self.response)} so far, {len(new_ids)} more)")
+            return (yield from self.advance(new_ids, final=final))
+        except BaseException:
+            self._restore(saved)
+            raise
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        b = self.buffer
+        return (self.tokens.snapshot(), len(self.response), self.cache, self.cache.get_seq_length(),
+                self.in_cache, (b.total, b.released, b.cleared, b.closed), self.policy.streak,
+                self.schedule._next, self.checked_upto, self.closed, self.intercepted,
+                self.intercept_index, self.released_text, self.last_score, self.checks)
+
+    def _restore(self, saved: tuple[Any, ...]) -> None:
+        """Undo a failed chunk: tokenizer, response, cache, buffer, policy, schedule."""
+        (tokens, n_response, self.cache, cache_len, self.in_cache, buffer, self.policy.streak,
+         self.schedule._next, self.checked_upto, self.closed, self.intercepted, self.intercept_index,
+         self.released_text, self.last_score, self.checks) = saved
+        self.tokens.restore(tokens)
+        del self.response[n_response:]
+        truncate(self.cache, cache_len)
+        self.buffer.total, self.buffer.released, self.buffer.cleared, self.buffer.closed = buffer
+
+    def advance(self, new_ids: list[int], *, final: bool) -> Plan[ChunkVerdict]:
         """Append tokens with their scheduled checks, apply each check in order; the chunk verdict.
 
         `ChunkVerdict.score` is the score of the chunk's last check (the previous check's
@@ -140,9 +166,10 @@ class ModerationState:
             else:
                 self.buffer.finish(True)
                 self.closed = True
-        newly = self.tokens.text_upto(self.buffer.released)[len(self.released_text):]
+        end = self.tokens.end_of(self.buffer.released)
         if final and not self.intercepted and self.buffer.released == len(self.response):
-            newly = self.tokens.text[len(self.released_text):]
+            end = len(self.tokens.text)  # the whole stream, trailing invisible characters included
+        newly = self.tokens.raw[len(self.released_text) : end]
         self.released_text += newly
         if self.closed:  # nothing more will be checked: free the KV cache now
             self.cache = self.model.new_cache()
@@ -182,7 +209,7 @@ class ModerationState:
         return ClsQuery(seen=self.prompt_len + self.in_cache + offset, prompt_len=self.prompt_len,
                         window=self.config.window)
 
-    def _make_room(self, at: int, n_new: int) -> StepPlan[None]:
+    def _make_room(self, at: int, n_new: int) -> Plan[None]:
         """Past the context limit, re-encode the prompt and the response tokens just before `at`.
 
         Rare by design (it costs one re-encode); the [CLS] window then starts later.
@@ -197,14 +224,18 @@ class ModerationState:
 
 
 class ModerationSession:
-    """The embedded moderation session: `feed(chunk)` per chunk, then `close()`."""
+    """The embedded moderation session: `feed(chunk)` per chunk, then `close()`.
 
-    def __init__(self, model: SafetyModel, prompt: PromptInput, config: GuardConfig) -> None:
+    `max_tokens` caps the response tokens it accepts (`LimitError`, on a chunk or at close).
+    """
+
+    def __init__(self, model: SafetyModel, prompt: PromptInput, config: GuardConfig, *,
+                 max_tokens: int | None = None) -> None:
         self.model = model
         self.config = config
         self._lock = threading.Lock()
-        self.state = ModerationState(model, config)
-        self.prompt_verdict = run_plan(model, self.state.start(self.state.encode_prompt(prompt)))
+        self.state = ModerationState(model, config, max_tokens=max_tokens)
+        self.prompt_verdict = run_in_place(model, self.state.start(prompt))
 
     @property
     def response(self) -> list[int]:
@@ -225,13 +256,9 @@ class ModerationSession:
     def feed(self, chunk: str | bytes) -> ChunkVerdict:
         """Add one chunk of the response; return the verdict and the text now safe to show."""
         with self._lock:
-            self.state.ensure_open()
-            new_ids = self.state.tokens.feed(chunk)
-            return run_plan(self.model, self.state.advance(new_ids, final=False))
+            return run_in_place(self.model, self.state.feed(chunk))
 
     def close(self) -> ChunkVerdict:
         """End of the stream: check the unfinished tail and release it if safe."""
         with self._lock:
-            if self.state.closed:
-                raise SessionClosedError("session is already closed")
-            return run_plan(self.model, self.state.advance(self.state.tokens.flush(), final=True))
+            return run_in_place(self.model, self.state.close())

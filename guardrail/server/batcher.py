@@ -5,6 +5,10 @@ New requests are admitted only while the backlog is under its bound (`admit` rai
 first waiting step, gathers more for at most `max_wait_ms` or until `max_batch`, runs them through
 `SafetyModel.step_many` in as few passes as padding allows, and resolves each caller's
 future on its own loop. Model code never runs on the event-loop thread.
+
+With OpenTelemetry and a tracer provider set, each pass is a `guardrail.batcher.pass` span
+(batch size, tokens, checks, the longest wait) and each step a `guardrail.batcher.wait` span
+under its caller's span, from enqueueing to its pass, linked to the pass. No text is recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from typing import Any, TypeVar
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.server.memory import HeapTrimmer
 from guardrail.server.metrics import Metrics
+
+try:  # optional: spans only where the application set a tracer provider
+    from opentelemetry import context as _otel_context
+    from opentelemetry import trace as _otel_trace
+except ImportError:  # pragma: no cover - exercised where opentelemetry is absent
+    _otel_trace = None  # type: ignore[assignment]
+    _otel_context = None  # type: ignore[assignment]
 
 log = logging.getLogger("guardrail.server")
 T = TypeVar("T")
@@ -49,10 +60,22 @@ class _Job:
     post: Callable[[StepOutput], Any] | None = None
     fn: Callable[[], Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+    enqueued_ns: int = field(default_factory=time.time_ns)
+    trace_context: Any = None  # the caller's OpenTelemetry context, when tracing
 
     @property
     def size(self) -> int:
         return len(self.request.token_ids) if self.request is not None else 0
+
+
+def _tracer() -> Any:
+    """A tracer when OpenTelemetry is importable and a real tracer provider is set, else None."""
+    if _otel_trace is None:
+        return None
+    provider = _otel_trace.get_tracer_provider()
+    if isinstance(provider, _otel_trace.ProxyTracerProvider | _otel_trace.NoOpTracerProvider):
+        return None
+    return provider.get_tracer("guardrail.server.batcher")
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -135,8 +158,9 @@ class Batcher:
 
     async def step(self, request: StepRequest, post: Callable[[StepOutput], T] | None = None) -> Any:
         """Run one stream's step in the next batched pass; `post` runs in the worker too."""
+        context = _otel_context.get_current() if _otel_context is not None and _tracer() else None
         return await self._submit(_Job(asyncio.get_running_loop(), self._future(), request=request,
-                                       post=post))
+                                       post=post, trace_context=context))
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run other model work (cache surgery) on the worker thread, in order with steps."""
@@ -208,6 +232,29 @@ class Batcher:
             self._run_group(group)
 
     def _run_group(self, group: list[_Job]) -> None:
+        tracer = _tracer()
+        if tracer is None:
+            self._pass(group)
+            return
+        started_ns = time.time_ns()
+        requests = [j.request for j in group if j.request is not None]
+        attributes = {
+            "guardrail.batch.size": len(group),
+            "guardrail.batch.tokens": sum(len(r.token_ids) for r in requests),
+            "guardrail.batch.checks": sum(len(r.checks) for r in requests),
+            "guardrail.batch.max_wait_ms": max((started_ns - j.enqueued_ns) / 1e6 for j in group),
+        }
+        with tracer.start_as_current_span("guardrail.batcher.pass", attributes=attributes) as span:
+            link = _otel_trace.Link(span.get_span_context())
+            for job in group:
+                if job.trace_context is not None:
+                    wait = tracer.start_span("guardrail.batcher.wait", context=job.trace_context,
+                                             start_time=job.enqueued_ns, links=[link],
+                                             attributes={"guardrail.step.tokens": job.size})
+                    wait.end(end_time=started_ns)
+            self._pass(group)
+
+    def _pass(self, group: list[_Job]) -> None:
         started = time.perf_counter()
         try:
             outputs = self.model.step_many([j.request for j in group if j.request is not None])
@@ -219,7 +266,7 @@ class Batcher:
             # isolate the failing stream; a failed pass rolls its caches back
             log.exception("batched pass failed; retrying its %d streams one by one", len(group))
             for job in group:
-                self._run_group([job])
+                self._pass([job])
             return
         elapsed = time.perf_counter() - started
         self.passes += 1
@@ -227,7 +274,7 @@ class Batcher:
         self._step_ewma_s = 0.8 * self._step_ewma_s + 0.2 * elapsed
         self.metrics.batch_size.observe(len(group))
         self.metrics.step_seconds.observe(elapsed)
-        self.metrics.checks.inc(sum(1 for j in group if j.request and j.request.check is not None))
+        self.metrics.checks.inc(sum(len(j.request.checks) for j in group if j.request is not None))
         for job, out in zip(group, outputs, strict=True):
             self._finish(job, _apply(job.post, out))
 

@@ -8,39 +8,31 @@ many sessions share passes.
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
 
 from guardrail.model.kvcache import held_tokens
 from guardrail.model.prompts import PromptInput
-from guardrail.model.session import ModerationState, SessionClosedError, StepPlan
+from guardrail.model.session import ModerationState, SessionClosedError
 from guardrail.server.batcher import Batcher
+from guardrail.server.driver import run_batched
 from guardrail.server.tokenizing import TokenizerThread
 from guardrail.types import ChunkVerdict, GuardConfig, Verdict
 
-__all__ = ["SessionClosedError", "SteppedSession", "run_plan_async"]
-
-T = TypeVar("T")
-
-
-async def run_plan_async(batcher: Batcher, plan: StepPlan[T]) -> T:
-    """Drive a plan's forward passes through the batcher (model code stays off the loop)."""
-    try:
-        request = next(plan)
-        while True:
-            request = plan.send(await batcher.step(request))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+__all__ = ["SessionClosedError", "SteppedSession"]
 
 
 class SteppedSession:
-    """One moderated stream on the sidecar: shared state machine, batched passes."""
+    """One moderated stream on the sidecar: shared state machine, batched passes.
 
-    def __init__(self, batcher: Batcher, text: TokenizerThread, config: GuardConfig) -> None:
+    `max_tokens` caps the response tokens it accepts (`LimitError`, on a chunk or at close).
+    """
+
+    def __init__(self, batcher: Batcher, text: TokenizerThread, config: GuardConfig, *,
+                 max_tokens: int | None = None) -> None:
         self.batcher = batcher
         self.text = text
         self.config = config
         self.lock = asyncio.Lock()
-        self.state = ModerationState(batcher.model, config)
+        self.state = ModerationState(batcher.model, config, max_tokens=max_tokens)
 
     @property
     def response(self) -> list[int]:
@@ -66,20 +58,15 @@ class SteppedSession:
 
     async def start(self, prompt: PromptInput) -> Verdict:
         """Prefill the prompt with its check riding in the same pass."""
-        prompt_ids = await self.text.run(lambda: self.state.encode_prompt(prompt))
-        return await run_plan_async(self.batcher, self.state.start(prompt_ids))
+        return await run_batched(self.batcher, self.text, self.state.start(prompt))
 
     async def feed(self, chunk: str) -> ChunkVerdict:
-        """Add one chunk of the response; return the verdict and the text now safe to show."""
+        """Add one chunk of the response; return the verdict and the text now safe to show.
+        A chunk that fails (bad text, over the limit) changes nothing."""
         async with self.lock:
-            self.state.ensure_open()
-            new_ids = await self.text.run(lambda: self.state.tokens.feed(chunk))
-            return await run_plan_async(self.batcher, self.state.advance(new_ids, final=False))
+            return await run_batched(self.batcher, self.text, self.state.feed(chunk))
 
     async def close(self) -> ChunkVerdict:
         """End of the stream: check the unfinished tail and release it if safe."""
         async with self.lock:
-            if self.state.closed:
-                raise SessionClosedError("session is already closed")
-            new_ids = await self.text.run(self.state.tokens.flush)
-            return await run_plan_async(self.batcher, self.state.advance(new_ids, final=True))
+            return await run_batched(self.batcher, self.text, self.state.close())

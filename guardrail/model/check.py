@@ -1,0 +1,78 @@
+"""The one-shot check, planned once: context fitting, one pass with one [CLS] query, the label.
+
+`Guard.check_prompt` / `check_response` run `check_plan` in place (`run_check`); the sidecar's
+`/v1/check` runs the same plan through its batcher. A batch of checks (`checks_plan`) scores
+many conversations in one pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from guardrail.model.engine import StepOutput, StepRequest
+from guardrail.model.masks import ClsQuery
+from guardrail.model.plans import ForwardAll, Plan, Tokenize, run_in_place
+from guardrail.model.prompts import PromptInput, clean_text, encode_prompt, encode_text, fit_prompt
+from guardrail.types import GuardConfig, Verdict, label_for
+
+if TYPE_CHECKING:
+    from guardrail.model.engine import SafetyModel
+
+#: One check's input: the conversation, and the response to judge (None: the prompt alone).
+CheckInput = tuple[PromptInput, str | None]
+
+
+def encode_check(model: SafetyModel, prompt: PromptInput, response: str | None,
+                 config: GuardConfig) -> tuple[list[int], ClsQuery]:
+    """Token ids and the [CLS] query of one check, fitted to the context.
+
+    The prompt keeps its start and its end, as training fits long prompts (`fit_prompt`),
+    in half the context when a response follows; the response keeps its most recent tokens.
+    An empty response, or one that is not valid text, is an `InputError`.
+    """
+    tok = model.tokenizer
+    response_ids = encode_text(tok, clean_text(response)) if response is not None else []
+    budget = model.max_context - 1
+    prompt_ids = fit_prompt(encode_prompt(tok, prompt), budget // 2 if response_ids else budget)
+    room = budget - len(prompt_ids)
+    if len(response_ids) > room:
+        response_ids = response_ids[len(response_ids) - room :]
+    query = ClsQuery(seen=len(prompt_ids) + len(response_ids), prompt_len=len(prompt_ids),
+                     window=config.window)
+    return prompt_ids + response_ids, query
+
+
+def verdict_for(score: float, config: GuardConfig, tokens: int, started: float) -> Verdict:
+    """The verdict of one check (the label rule is `guardrail.types.label_for`)."""
+    return Verdict(label=label_for(score, config.threshold), score=score, threshold=config.threshold,
+                   tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+def checks_plan(model: SafetyModel, items: Sequence[CheckInput], config: GuardConfig) -> Plan[list[Verdict]]:
+    """Many one-shot checks: tokenised together, scored in one pass; verdicts in order."""
+    started = time.perf_counter()
+    encoded: list[tuple[list[int], ClsQuery]] = yield Tokenize(
+        lambda: [encode_check(model, prompt, response, config) for prompt, response in items])
+    requests = [StepRequest(model.new_cache(), ids, query) for ids, query in encoded]
+    outputs: list[StepOutput] = yield ForwardAll(requests)
+    return [verdict_for(float(out.score or 0.0), config, query.seen, started)
+            for out, (_, query) in zip(outputs, encoded, strict=True)]
+
+
+def check_plan(model: SafetyModel, prompt: PromptInput, response: str | None,
+               config: GuardConfig) -> Plan[Verdict]:
+    """One check of a prompt (and, if given, the response to it)."""
+    verdicts = yield from checks_plan(model, [(prompt, response)], config)
+    return verdicts[0]
+
+
+def run_check(model: SafetyModel, prompt: PromptInput, response: str | None, config: GuardConfig) -> Verdict:
+    """One check, in place (the embedded guard)."""
+    return run_in_place(model, check_plan(model, prompt, response, config))
+
+
+def run_checks(model: SafetyModel, items: Sequence[CheckInput], config: GuardConfig) -> list[Verdict]:
+    """Many checks in one pass, in place."""
+    return run_in_place(model, checks_plan(model, items, config))
