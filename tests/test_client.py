@@ -25,14 +25,15 @@ from guardrail.client import (
 )
 from guardrail.server import Settings, create_app
 from guardrail.types import ChunkVerdict, DoneEvent, GenerationResult, GuardConfig, TokenEvent, Verdict
-from tests.test_server_support import ServerThread, free_port, make_model
+from tests.oracle import expected_outcome, keyword_model
+from tests.test_server_support import ServerThread, free_port
 
 STRICT = GuardConfig(tau=1, hold_back=1)
 
 
 @pytest.fixture(scope="module")
 def server(tokenizer: Any) -> Iterator[ServerThread]:
-    with ServerThread(create_app(Settings(), make_model(tokenizer))) as running:
+    with ServerThread(create_app(Settings(), keyword_model(tokenizer))) as running:
         yield running
 
 
@@ -57,7 +58,7 @@ def test_checks_and_generation(server: ServerThread) -> None:
         assert err.value.status == 400 and isinstance(err.value, ValueError)
 
 
-def test_session_feed_close_and_intercept(server: ServerThread) -> None:
+def test_session_feed_close_and_intercept(server: ServerThread, tokenizer: Any) -> None:
     with GuardrailClient(server.url, config=STRICT) as client:
         session = client.session("Tell me a story")
         assert session.prompt_verdict.label == "safe"
@@ -69,9 +70,15 @@ def test_session_feed_close_and_intercept(server: ServerThread) -> None:
         released += session.close().released
         assert released == "It was a calm day by the sea."
         with client.session("story") as cut:
-            verdicts = [cut.feed(c) for c in ["Then ", "a bomb ", "went "]]
-            assert verdicts[-1].intercepted
-            assert "bomb" not in "".join(v.released for v in verdicts)
+            verdicts = []
+            for chunk in ["Then ", "a bomb ", "went ", "off ", "with ", "a bang "]:
+                verdicts.append(cut.feed(chunk))
+                if verdicts[-1].intercepted:
+                    break
+            expected = expected_outcome(tokenizer, "Then a bomb went off with a bang", STRICT)
+            assert verdicts[-1].intercepted  # at the first scheduled check that reads the keyword
+            assert verdicts[-1].intercept_index == expected.intercept_index
+            assert "".join(v.released for v in verdicts) == expected.released
             with pytest.raises(GuardrailRequestError) as err:
                 cut.feed("more ")
             assert err.value.status == 409
@@ -84,7 +91,9 @@ def test_guard_backend_switch(server: ServerThread) -> None:
     assert guard.check_prompt("hello").label == "safe"
     assert guard.generate_text("hi", max_new_tokens=4).usage.completion_tokens <= 4
     session = guard.session("p")
-    assert isinstance(session.feed("Hello there "), ChunkVerdict)
+    chunk = session.feed("Hello there ")
+    assert type(chunk) is ChunkVerdict and not chunk.intercepted  # a fallback verdict is a subclass
+    assert chunk.released + session.close().released == "Hello there "
     guard.close()
 
 
@@ -128,7 +137,7 @@ def test_retries_on_503_and_429_then_succeeds() -> None:
 
 
 def test_api_key_from_option(tokenizer: Any) -> None:
-    with ServerThread(create_app(Settings(api_key="k"), make_model(tokenizer))) as srv:
+    with ServerThread(create_app(Settings(api_key="k"), keyword_model(tokenizer))) as srv:
         assert GuardrailClient(srv.url, api_key="k").check_prompt("hi").label == "safe"
         with pytest.raises(GuardrailAuthError):
             GuardrailClient(srv.url, api_key="wrong").check_prompt("hi")

@@ -57,17 +57,30 @@ def test_refuse_action_inserts_refusal(tiny: SafetyModel) -> None:
 
 
 def test_periodic_releases_only_checked_tokens(tiny: SafetyModel) -> None:
-    """Every released piece starts inside the span a safe check covered, minus the hold-back."""
-    config = GuardConfig(strategy="periodic", period=4, threshold=1.0, hold_back=2)
-    last_check, pieces = 0, 0
-    for event in _run(tiny, config, max_new_tokens=20):
+    """Each release ends exactly at the last safe check minus the hold-back; only the end flushes."""
+    hold_back, period = 2, 4
+    config = GuardConfig(strategy="periodic", period=period, threshold=1.0, hold_back=hold_back)
+    events = _run(tiny, config, max_new_tokens=20)
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and not done.intercepted
+    total = done.usage.completion_tokens
+    checks: list[int] = []
+    releases: list[tuple[int, int]] = []  # (first released token, last check before the release)
+    for event in events:
         if isinstance(event, ScoreEvent):
-            last_check = event.index
+            checks.append(event.index)
         elif isinstance(event, TokenEvent):
-            pieces += 1
-            assert event.index + 1 <= max(last_check - 2, 0) or event.index + 1 <= last_check
-            assert last_check % 4 == 0 or last_check == 20 or last_check > 0
-    assert pieces >= 2
+            releases.append((event.index, checks[-1]))
+    assert checks == [0, *range(period, total + 1, period)]  # the prompt check, then every period
+    assert total == 20 and len(releases) >= 4
+    ends = [start for start, _ in releases[1:]] + [total]
+    assert releases[0][0] == 0  # contiguous from the first token ...
+    for (start, last_check), end in zip(releases, ends, strict=True):
+        assert start < end
+        if end < total:  # ... and every release before the end stops hold_back short of the check
+            assert end == last_check - hold_back
+    assert ends[-2] == total - hold_back  # the end of the stream flushes the held-back tail only
+    assert _text(events) == done.text
 
 
 def test_prefill_is_part_of_the_checked_response(tiny: SafetyModel) -> None:

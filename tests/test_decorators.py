@@ -15,6 +15,8 @@ from guardrail import Guard, GuardConfig, Verdict
 from guardrail.decorators import guarded
 from guardrail.errors import GuardrailViolation
 from guardrail.streaming import DEFAULT_REPLACEMENT
+from tests.oracle import assert_released_before_the_cut, keyword_model, words_of
+from tests.test_server_support import SAFE_PART, SCRIPT
 
 ANSWER = ["Knead the", " dough for", " ten minutes,", " then let", " it rise."]
 
@@ -166,6 +168,65 @@ def test_generator_is_moderated(allow: Guard, flag: Guard) -> None:
     with pytest.raises(GuardrailViolation) as info:
         list(raising("q"))
     assert info.value.stage == "stream" and info.value.verdict.intercepted
+
+
+CUT_CONFIG = GuardConfig(strategy="each", tau=1, hold_back=2, threshold=0.5)
+SPLITS = {"fine": words_of(SCRIPT), "coarse": [SAFE_PART, SCRIPT[len(SAFE_PART):]]}
+
+
+@pytest.fixture(scope="module")
+def keyword_guard(tokenizer: Any) -> Guard:
+    """Flags every check that reads " bomb"; SCRIPT is safe up to it."""
+    return Guard(safety_model=keyword_model(tokenizer), config=CUT_CONFIG)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_generator_flagged_after_safe_chunks_releases_only_checked_text(
+        keyword_guard: Guard, tokenizer: Any, split: str) -> None:
+    closed: list[bool] = []
+
+    @guarded(guard=keyword_guard, check_input=False)
+    def story(question: str) -> Iterator[str]:
+        try:
+            yield from SPLITS[split]
+        finally:
+            closed.append(True)
+
+    shown: list[str] = []
+    with pytest.raises(GuardrailViolation) as info:
+        for piece in story("Tell me a story"):
+            shown.append(piece)
+    assert info.value.stage == "stream" and info.value.released == "".join(shown)
+    assert_released_before_the_cut(tokenizer, SCRIPT, "".join(shown), CUT_CONFIG, exact=split == "fine",
+                                   safe_prefix=SAFE_PART)
+    assert closed == [True]
+
+
+@pytest.mark.parametrize("split", SPLITS)
+async def test_async_generator_flagged_after_safe_chunks_is_replaced(
+        keyword_guard: Guard, tokenizer: Any, split: str) -> None:
+    @guarded(guard=keyword_guard, check_input=False, on_violation="replace", replacement="[cut]")
+    async def story(question: str) -> AsyncIterator[str]:
+        for piece in SPLITS[split]:
+            yield piece
+
+    out = [p async for p in story("Tell me a story")]
+    assert out[-1] == "[cut]"
+    assert_released_before_the_cut(tokenizer, SCRIPT, "".join(out[:-1]), CUT_CONFIG, exact=split == "fine",
+                                   safe_prefix=SAFE_PART)
+
+
+def test_whole_flagged_output_is_withheld(keyword_guard: Guard) -> None:
+    @guarded(guard=keyword_guard, check_input=False, on_violation="replace", replacement="[cut]")
+    def answer(question: str) -> str:
+        return SCRIPT
+
+    @guarded(guard=keyword_guard, check_input=False)
+    def safe(question: str) -> str:
+        return SAFE_PART
+
+    assert answer("Tell me a story") == "[cut]"
+    assert safe("Tell me a story") == SAFE_PART
 
 
 def test_generator_input_check_happens_before_the_body(flag: Guard) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from guardrail import Guard, GuardConfig
+from guardrail.client import AsyncGuardrailClient
 from guardrail.errors import GuardrailViolation
+from guardrail.server import Settings, create_app
 from guardrail.streaming import (
     DEFAULT_REPLACEMENT,
     anthropic_text,
@@ -24,6 +26,8 @@ from guardrail.streaming import (
     moderate_openai,
     openai_text,
 )
+from tests.oracle import assert_released_before_the_cut, keyword_model, words_of
+from tests.test_server_support import SAFE_PART, SCRIPT, ServerThread
 
 TEXT = ["Bread needs", " flour, water,", " salt and", " yeast. Knead", " it well."]
 
@@ -172,13 +176,44 @@ def test_check_input_refuses_before_reading_upstream(flag: Guard) -> None:
     assert upstream.read == 0
 
 
+class FeedRecorder:
+    """A guard whose sessions record every chunk they are fed (and defer to `inner`)."""
+
+    def __init__(self, inner: Guard) -> None:
+        self.inner = inner
+        self.fed: list[str | bytes] = []
+
+    def check_prompt(self, prompt: Any) -> Any:
+        return self.inner.check_prompt(prompt)
+
+    def check_response(self, prompt: Any, response: str) -> Any:
+        return self.inner.check_response(prompt, response)
+
+    def session(self, prompt: Any, *, config: GuardConfig | None = None) -> Any:
+        recorder, session = self, self.inner.session(prompt, config=config)
+
+        class Recording:
+            prompt_verdict = session.prompt_verdict
+
+            def feed(self, chunk: str | bytes) -> Any:
+                recorder.fed.append(chunk)
+                return session.feed(chunk)
+
+            def close(self) -> Any:
+                return session.close()
+
+        return Recording()
+
+
 def test_chunk_chars_coalesces_small_deltas(allow: Guard) -> None:
     stages: list[str] = []
+    recorder = FeedRecorder(allow)
     deltas = list("Flour and water.")
-    out = "".join(moderate(iter(deltas), prompt="hi", guard=allow, chunk_chars=8,
+    out = "".join(moderate(iter(deltas), prompt="hi", guard=recorder, chunk_chars=8,
                            on_verdict=lambda stage, v: stages.append(stage)))
     assert out == "Flour and water."
-    assert stages.count("stream") <= 3  # 16 one-character deltas, at most 3 checks
+    assert recorder.fed == ["Flour an", "d water."]  # 16 one-character deltas, fed as two chunks
+    assert stages.count("stream") == 3  # one verdict per fed chunk and one at close
 
 
 def test_openai_and_anthropic_streams_end_to_end(allow: Guard) -> None:
@@ -202,6 +237,43 @@ async def test_async_stream_release_and_interception(allow: Guard, flag: Guard) 
     replaced = [p async for p in moderate(Upstream(TEXT).agen(), prompt="hi", guard=flag,
                                           on_violation="replace")]
     assert replaced == [DEFAULT_REPLACEMENT]
+
+
+# -- a flagged chunk after safe ones: the keyword stand-in head, hold-back > 0 ----------------------
+CUT_CONFIG = GuardConfig(strategy="each", tau=1, hold_back=2, threshold=0.5)
+SPLITS = {"fine": words_of(SCRIPT), "coarse": [SAFE_PART, SCRIPT[len(SAFE_PART):]]}
+
+
+@pytest.fixture(scope="module")
+def keyword_guard(tokenizer: Any) -> Guard:
+    """Flags every check that reads " bomb"; SCRIPT is safe up to it."""
+    return Guard(safety_model=keyword_model(tokenizer), config=CUT_CONFIG)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_flagged_chunk_after_safe_ones_is_never_released(keyword_guard: Guard, tokenizer: Any,
+                                                         split: str) -> None:
+    upstream = Upstream(SPLITS[split])
+    out: list[str] = []
+    with pytest.raises(GuardrailViolation) as info:
+        for piece in moderate(upstream, prompt="Tell me a story", guard=keyword_guard):
+            out.append(piece)
+    released = "".join(out)
+    assert info.value.released == released and info.value.verdict.intercepted
+    assert_released_before_the_cut(tokenizer, SCRIPT, released, CUT_CONFIG, exact=split == "fine",
+                                   safe_prefix=SAFE_PART)
+    assert upstream.closed and (split == "coarse" or upstream.read < len(SPLITS[split]))
+
+
+@pytest.mark.parametrize("split", SPLITS)
+async def test_flagged_chunk_after_safe_ones_async_replace(keyword_guard: Guard, tokenizer: Any,
+                                                           split: str) -> None:
+    upstream = Upstream(SPLITS[split])
+    out = [p async for p in moderate(upstream.agen(), prompt="Tell me a story", guard=keyword_guard,
+                                     on_violation="replace", replacement="[removed]")]
+    assert out[-1] == "[removed]"
+    assert_released_before_the_cut(tokenizer, SCRIPT, "".join(out[:-1]), CUT_CONFIG,
+                                   exact=split == "fine", safe_prefix=SAFE_PART)
 
 
 # -- behaviour of the trained head --------------------------------------------------------------------
@@ -239,45 +311,39 @@ def test_stream_chat_example_runs_with_tracing(guard: Guard, capsys: pytest.Capt
     assert "user> How do I keep basil alive indoors?" in out and "[span guardrail.session" in out
 
 
-class AsyncFacade:
-    """The async sidecar client's shape (coroutine methods), served by the embedded guard."""
-
-    def __init__(self, inner: Guard) -> None:
-        self.inner = inner
-        self.deleted = 0
-
-    async def check_prompt(self, prompt: Any) -> Any:
-        return self.inner.check_prompt(prompt)
-
-    async def check_response(self, prompt: Any, response: str) -> Any:
-        return self.inner.check_response(prompt, response)
-
-    async def session(self, prompt: Any, *, config: GuardConfig | None = None) -> Any:
-        facade = self
-
-        class Session:
-            def __init__(self) -> None:
-                self.inner = facade.inner.session(prompt, config=config)
-                self.prompt_verdict = self.inner.prompt_verdict
-
-            async def feed(self, chunk: str | bytes) -> Any:
-                return self.inner.feed(chunk)
-
-            async def close(self) -> Any:
-                return self.inner.close()
-
-            async def delete(self) -> None:
-                facade.deleted += 1
-
-        return Session()
+@pytest.fixture(scope="module")
+def sidecar(tokenizer: Any) -> Iterator[SimpleNamespace]:
+    """The real sidecar on loopback, serving the keyword stand-in head."""
+    app = create_app(Settings(), keyword_model(tokenizer))
+    with ServerThread(app) as running:
+        yield SimpleNamespace(url=running.url, app=app)
 
 
-async def test_async_client_shape_is_awaited(allow: Guard) -> None:
-    facade = AsyncFacade(allow)
-    out = [p async for p in moderate(Upstream(TEXT).agen(), prompt="hi", guard=facade, check_input=True)]
-    assert "".join(out) == "".join(TEXT)
-    stream = moderate(Upstream(TEXT).agen(), prompt="hi", guard=facade)
-    async for _ in stream:
-        break
-    await stream.aclose()  # the consumer went away mid-stream: the sidecar session is deleted
-    assert facade.deleted == 1
+def open_sessions(server: SimpleNamespace) -> int:
+    return len(server.app.state.guardrail.sessions)
+
+
+async def test_async_sidecar_client_is_awaited(sidecar: SimpleNamespace, tokenizer: Any) -> None:
+    """`AsyncGuardrailClient` against a loopback server: safe text in full, a flagged span never,
+    and a consumer that goes away mid-stream frees the sidecar session."""
+    async with AsyncGuardrailClient(sidecar.url, config=CUT_CONFIG, retries=0) as client:
+        out = [p async for p in moderate(Upstream(TEXT).agen(), prompt="hi", guard=client, check_input=True)]
+        assert "".join(out) == "".join(TEXT)
+        assert client.fallbacks == 0
+
+        for split, chunks in SPLITS.items():
+            pieces = [p async for p in moderate(Upstream(chunks).agen(), prompt="Tell me a story",
+                                                guard=client, on_violation="replace")]
+            assert pieces[-1] == DEFAULT_REPLACEMENT
+            assert_released_before_the_cut(tokenizer, SCRIPT, "".join(pieces[:-1]), CUT_CONFIG,
+                                           exact=split == "fine", safe_prefix=SAFE_PART)
+        assert client.fallbacks == 0
+
+        before = open_sessions(sidecar)  # ended sessions stay listed (a late chunk gets 409) until idle
+        upstream = Upstream(TEXT)
+        stream = moderate(upstream.agen(), prompt="hi", guard=client)
+        async for _ in stream:
+            assert open_sessions(sidecar) == before + 1
+            break
+        await stream.aclose()  # the consumer went away mid-stream: the sidecar session is deleted
+        assert upstream.closed and open_sessions(sidecar) == before

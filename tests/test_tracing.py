@@ -17,6 +17,8 @@ from guardrail.decorators import guarded
 from guardrail.errors import GuardrailViolation
 from guardrail.streaming import moderate
 from guardrail.tracing import InstrumentedGuard, instrument
+from tests.oracle import assert_released_before_the_cut, keyword_model, text_upto, words_of
+from tests.test_server_support import SAFE_PART, SCRIPT
 
 SECRET = "my-secret-request-text"
 
@@ -97,6 +99,34 @@ def test_session_spans_and_intercept_event(guard: Guard, telemetry: Telemetry) -
     assert telemetry.metric_sum("guardrail.intercepts") == 1
     for s in telemetry.spans():
         assert not any(SECRET in str(v) for v in s.attributes.values())
+
+
+@pytest.mark.parametrize("split", ["fine", "coarse"])
+def test_traced_stream_cut_after_safe_chunks(tokenizer: Any, telemetry: Telemetry, split: str) -> None:
+    """Safe chunks, then a flagged one, hold-back 2: the traced guard shows only checked text,
+    and the span's intercept event names the same cut as the verdict."""
+    config = GuardConfig(strategy="each", tau=1, hold_back=2, threshold=0.5)
+    g = instrument(Guard(safety_model=keyword_model(tokenizer), config=config),
+                   tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider)
+    chunks = words_of(SCRIPT) if split == "fine" else [SAFE_PART, SCRIPT[len(SAFE_PART):]]
+    shown: list[str] = []
+    with pytest.raises(GuardrailViolation) as info:
+        for piece in moderate(iter(chunks), prompt=SECRET, guard=g):
+            shown.append(piece)
+    released = "".join(shown)
+    expected = assert_released_before_the_cut(tokenizer, SCRIPT, released, config, exact=split == "fine",
+                                              safe_prefix=SAFE_PART)
+    index = info.value.verdict.intercept_index
+    assert index is not None and text_upto(tokenizer, SCRIPT, index) == released
+    if split == "fine":
+        assert index == expected.intercept_index
+    (session,) = telemetry.spans("guardrail.session")
+    assert session.attributes["guardrail.intercepted"] is True
+    (event,) = [e for e in session.events if e.name == "guardrail.intercept"]
+    assert event.attributes["guardrail.token_index"] == index
+    assert telemetry.metric_sum("guardrail.intercepts") == 1
+    for s in telemetry.spans():
+        assert not any(SECRET in str(v) or "bomb" in str(v) for v in s.attributes.values())
 
 
 def test_decorated_function_traces_through_instrumented_guard(guard: Guard, telemetry: Telemetry) -> None:
