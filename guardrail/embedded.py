@@ -6,7 +6,6 @@ Heavy imports (torch, transformers) happen only when a model is loaded.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,6 @@ from guardrail.types import (
     GuardConfig,
     PromptInput,
     Verdict,
-    label_for,
     merge_config,
 )
 
@@ -84,35 +82,10 @@ class EmbeddedGuard:
         return self._checks(list(pairs))
 
     def _checks(self, items: Sequence[tuple[PromptInput, str | None]]) -> list[Verdict]:
-        """The one-shot check: one [CLS] query over each conversation, batched in one step."""
-        from guardrail.model.engine import StepRequest
-        from guardrail.model.masks import ClsQuery
-        from guardrail.model.prompts import clean_text, encode_prompt, encode_text, fit_prompt
+        """The one-shot check, planned once in the engine: one [CLS] query per conversation, one pass."""
+        from guardrail.model.check import run_checks
 
-        if not items:
-            return []
-        started = time.perf_counter()
-        model, tok, window = self.model, self.model.tokenizer, self.config.window
-        requests: list[StepRequest] = []
-        for prompt, response in items:
-            response_ids = encode_text(tok, clean_text(response)) if response else []
-            budget = model.max_context - 1
-            prompt_ids = fit_prompt(encode_prompt(tok, prompt), budget // 2 if response_ids else budget)
-            room = budget - len(prompt_ids)
-            if len(response_ids) > room:
-                response_ids = response_ids[len(response_ids) - room :]
-            query = ClsQuery(seen=len(prompt_ids) + len(response_ids), prompt_len=len(prompt_ids),
-                             window=window)
-            requests.append(StepRequest(model.new_cache(), prompt_ids + response_ids, query, False))
-        outputs = model.step_many(requests)
-        latency_ms = (time.perf_counter() - started) * 1000
-        threshold = self.config.threshold
-        return [
-            Verdict(label=label_for(float(out.score or 0.0), threshold), score=float(out.score or 0.0),
-                    threshold=threshold, tokens=request.check.seen if request.check else 0,
-                    latency_ms=latency_ms)
-            for request, out in zip(requests, outputs, strict=True)
-        ]
+        return run_checks(self.model, items, self.config) if items else []
 
     # -- generation -----------------------------------------------------------------------
     def generate(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,44 +15,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
+from guardrail.model.engine import SafetyModel
 from guardrail.model.head import HeadConfig, SafetyHead
 from guardrail.server.background import BackgroundServer, free_port  # noqa: F401  (re-exported for tests)
+from tests.keyword_model import KeywordSafetyModel, _contains  # noqa: F401  (re-exported for tests)
 
 UNSAFE_WORD = " bomb"
 SCRIPT = ("Sure, I can help with that. Here is a short story about a dog and a red ball in the park."
           " Then the bomb goes off with a loud bang and the secret recipe follows in detail.")
 SAFE_PART = SCRIPT[: SCRIPT.index(" Then the bomb")]
-
-
-class KeywordSafetyModel(SafetyModel):
-    """A tiny random LM whose [CLS] score is 0.99 when a checked span contains a keyword.
-
-    The forward passes are real (step_many, caches, masks); only the head's number is
-    replaced, so server mechanics can be asserted without depending on a trained head.
-    """
-
-    keyword_ids: list[list[int]]
-    delay_s = 0.0
-
-    def step_many(self, requests: list[StepRequest]) -> list[StepOutput]:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        before = [r.cache.get_seq_length() for r in requests]
-        outputs = super().step_many(requests)
-        for r, past, out in zip(requests, before, outputs, strict=True):
-            history = getattr(r.cache, "_kw_history", [])[:past] + list(r.token_ids)
-            r.cache._kw_history = history  # type: ignore[attr-defined]
-            if r.check is not None:
-                seen = history[: r.check.seen]
-                hit = any(_contains(seen, kw) for kw in self.keyword_ids)
-                out.score = 0.99 if hit else 0.01
-        return outputs
-
-
-def _contains(seq: list[int], sub: list[int]) -> bool:
-    n = len(sub)
-    return any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
 
 
 def make_model(tokenizer: Any, *, keyword: bool = True, seed: int = 0) -> SafetyModel:

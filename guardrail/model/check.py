@@ -8,7 +8,7 @@ many conversations in one pass.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from guardrail.model.engine import StepOutput, StepRequest
@@ -26,16 +26,21 @@ CheckInput = tuple[PromptInput, str | None]
 
 def encode_check(model: SafetyModel, prompt: PromptInput, response: str | None,
                  config: GuardConfig) -> tuple[list[int], ClsQuery]:
-    """Token ids and the [CLS] query of one check, fitted to the context.
+    """Token ids and the [CLS] query of one check, fitted to the context (see `fit_check`)."""
+    return fit_check(model, encode_prompt(model.tokenizer, prompt), response, config)
+
+
+def fit_check(model: SafetyModel, prompt_ids: list[int], response: str | None,
+              config: GuardConfig) -> tuple[list[int], ClsQuery]:
+    """Token ids and the [CLS] query of one check over an encoded prompt, fitted to the context.
 
     The prompt keeps its start and its end, as training fits long prompts (`fit_prompt`),
     in half the context when a response follows; the response keeps its most recent tokens.
     An empty response, or one that is not valid text, is an `InputError`.
     """
-    tok = model.tokenizer
-    response_ids = encode_text(tok, clean_text(response)) if response is not None else []
+    response_ids = encode_text(model.tokenizer, clean_text(response)) if response is not None else []
     budget = model.max_context - 1
-    prompt_ids = fit_prompt(encode_prompt(tok, prompt), budget // 2 if response_ids else budget)
+    prompt_ids = fit_prompt(prompt_ids, budget // 2 if response_ids else budget)
     room = budget - len(prompt_ids)
     if len(response_ids) > room:
         response_ids = response_ids[len(response_ids) - room :]
@@ -50,15 +55,25 @@ def verdict_for(score: float, config: GuardConfig, tokens: int, started: float) 
                    tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000)
 
 
-def checks_plan(model: SafetyModel, items: Sequence[CheckInput], config: GuardConfig) -> Plan[list[Verdict]]:
-    """Many one-shot checks: tokenised together, scored in one pass; verdicts in order."""
+#: Encodes the i-th check input (a driver may add its own limits, e.g. the server's token budget).
+CheckEncoder = Callable[[int, PromptInput, str | None], tuple[list[int], ClsQuery]]
+
+
+def checks_plan(model: SafetyModel, items: Sequence[CheckInput], config: GuardConfig, *,
+                encode: CheckEncoder | None = None) -> Plan[list[Verdict]]:
+    """Many one-shot checks: tokenised together, scored shortest first in one pass; verdicts in order."""
     started = time.perf_counter()
+    def default_encoder(_i: int, prompt: PromptInput, response: str | None) -> tuple[list[int], ClsQuery]:
+        return encode_check(model, prompt, response, config)
+
+    encoder: CheckEncoder = encode or default_encoder
     encoded: list[tuple[list[int], ClsQuery]] = yield Tokenize(
-        lambda: [encode_check(model, prompt, response, config) for prompt, response in items])
-    requests = [StepRequest(model.new_cache(), ids, query) for ids, query in encoded]
+        lambda: [encoder(i, prompt, response) for i, (prompt, response) in enumerate(items)])
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # little padding per pass
+    requests = [StepRequest(model.new_cache(), encoded[i][0], encoded[i][1]) for i in order]
     outputs: list[StepOutput] = yield ForwardAll(requests)
-    return [verdict_for(float(out.score or 0.0), config, query.seen, started)
-            for out, (_, query) in zip(outputs, encoded, strict=True)]
+    scores = {i: float(out.score or 0.0) for i, out in zip(order, outputs, strict=True)}
+    return [verdict_for(scores[i], config, query.seen, started) for i, (_, query) in enumerate(encoded)]
 
 
 def check_plan(model: SafetyModel, prompt: PromptInput, response: str | None,

@@ -1,35 +1,18 @@
-"""The keyword model of `test_server_support`, scoring in `step` too, so the embedded guard's
-sessions (which step one stream at a time) read the keyword as the sidecar's batcher does.
-
-Once the engine's own keyword model (`step` and `step_many` both scored) is on main, this
-module can import it instead.
-"""
+"""The conformance suite's model: the keyword model of `test_server_support` with a calibrated
+threshold that is not the protocol default, so a surface that ignores calibration shows."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from guardrail.model.engine import SafetyModel, StepOutput
-from guardrail.model.masks import ClsQuery
-from tests.test_server_support import KeywordSafetyModel, _contains, make_model
+from tests.test_server_support import KeywordSafetyModel, make_model
 
-
-class SteppedKeywordModel(KeywordSafetyModel):
-    def step(self, cache: Any, token_ids: list[int], *, check: ClsQuery | None = None,
-             want_logits: bool = True) -> StepOutput:
-        past = cache.get_seq_length()
-        out = SafetyModel.step(self, cache, token_ids, check=check, want_logits=want_logits)
-        history = getattr(cache, "_kw_history", [])[:past] + list(token_ids)
-        cache._kw_history = history
-        if check is not None:
-            seen = history[: check.seen]
-            out.score = 0.99 if any(_contains(seen, kw) for kw in self.keyword_ids) else 0.01
-        return out
+SteppedKeywordModel = KeywordSafetyModel
+"""The keyword model scores in `step` and `step_many` alike (`tests.keyword_model`)."""
 
 
 def make_keyword_model(tokenizer: Any, *, threshold: float | None = None) -> SteppedKeywordModel:
     model = make_model(tokenizer)
-    model.__class__ = SteppedKeywordModel
     if threshold is not None:
         model.head.config.threshold = threshold
     assert isinstance(model, SteppedKeywordModel)

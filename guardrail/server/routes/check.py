@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 from fastapi import APIRouter, Request
 
-from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
+from guardrail.model.check import checks_plan, fit_check
 from guardrail.model.masks import ClsQuery
-from guardrail.model.prompts import InputError, PromptInput, clean_text, encode_text, fit_prompt
+from guardrail.model.prompts import InputError, PromptInput
+from guardrail.server.driver import run_batched
 from guardrail.server.errors import APIError, input_error
 from guardrail.server.routes.common import ERRORS, unless_disconnected
 from guardrail.server.schemas import CheckItem, CheckRequest, CheckResults
 from guardrail.server.state import ServerState, StateDep
 from guardrail.server.tracing import span
-from guardrail.types import GuardConfig, Verdict, label_for
+from guardrail.types import GuardConfig, Verdict
 
 router = APIRouter(tags=["check"])
 log = logging.getLogger("guardrail.server")
-
-
-def encode_check(model: SafetyModel, prompt_ids: list[int], response: str | None,
-                 config: GuardConfig) -> tuple[list[int], ClsQuery]:
-    """Token ids and the [CLS] query of one check, fitted to the context as `Guard` does."""
-    tok = model.tokenizer
-    response_ids = encode_text(tok, clean_text(response)) if response is not None else []
-    budget = model.max_context - 1
-    prompt_ids = fit_prompt(prompt_ids, budget // 2 if response_ids else budget)
-    room = budget - len(prompt_ids)
-    if len(response_ids) > room:
-        response_ids = response_ids[len(response_ids) - room :]
-    query = ClsQuery(seen=len(prompt_ids) + len(response_ids), prompt_len=len(prompt_ids),
-                     window=config.window)
-    return prompt_ids + response_ids, query
 
 
 async def check_one(state: ServerState, prompt: PromptInput, response: str | None,
@@ -50,50 +34,29 @@ async def _score(state: ServerState, items: list[tuple[PromptInput, str | None]]
     All items are tokenised in one tokenizer-thread call, then their steps are queued to the
     batcher together, shortest first, so they share forward passes with little padding.
     """
-    assert state.batcher is not None
-    batcher, model = state.batcher, state.batcher.model
+    batcher, _ = state.require()
+    model = batcher.model
     names = fields or ["prompt"] * len(items)
-    started = time.perf_counter()
     for (prompt, _), field in zip(items, names, strict=True):
         state.precheck_prompt(prompt, field=field)
 
-    def encode(prompt: PromptInput, response: str | None, field: str) -> tuple[list[int], ClsQuery]:
+    def encode(i: int, prompt: PromptInput, response: str | None) -> tuple[list[int], ClsQuery]:
+        """The engine's check fitting, over prompt ids within the server's token budget."""
+        field = names[i]
         try:
             ids = state.encode_prompt_within_budget(prompt, field=field)
         except InputError as exc:  # name the item it came from
             raise input_error(exc, field) from exc
         try:
-            return encode_check(model, ids, response, config)
+            return fit_check(model, ids, response, config)
         except InputError as exc:
             where = field.rpartition(".")[0] + ".response" if "." in field else "response"
             raise input_error(exc, where) from exc
 
-    def encode_all() -> list[tuple[list[int], ClsQuery]]:
-        return [encode(prompt, response, field)
-                for (prompt, response), field in zip(items, names, strict=True)]
-
-    with span(state.tracer, "guardrail.check.tokenize", {"guardrail.items": len(items)}):
-        encoded = await state.text.run(encode_all)
-    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))
-    steps = {i: asyncio.ensure_future(batcher.step(StepRequest(model.new_cache(), *encoded[i], False)))
-             for i in order}
-    attributes = {"guardrail.items": len(items), "guardrail.tokens": sum(len(ids) for ids, _ in encoded)}
-    try:
-        with span(state.tracer, "guardrail.check.score", attributes):  # batching wait + forward pass
-            done = await asyncio.gather(*steps.values())
-        outputs: dict[int, StepOutput] = dict(zip(steps, done, strict=True))
-    except BaseException:
-        for step in steps.values():
-            step.cancel()  # the client is gone or a pass failed: drop what has not run yet
-        raise
-    elapsed = time.perf_counter() - started
-    verdicts = []
-    for i in range(len(items)):
-        score = float(outputs[i].score or 0.0)
-        state.metrics.verdict_seconds.observe(elapsed, kind="check")
-        verdicts.append(Verdict(label=label_for(score, config.threshold), score=score,
-                                threshold=config.threshold, tokens=encoded[i][1].seen,
-                                latency_ms=elapsed * 1000))
+    with span(state.tracer, "guardrail.check", {"guardrail.items": len(items)}):
+        verdicts = await run_batched(batcher, state.text, checks_plan(model, items, config, encode=encode))
+    for verdict in verdicts:
+        state.metrics.verdict_seconds.observe(verdict.latency_ms / 1000, kind="check")
     log.debug("check %d item(s) prompt=%s", len(items), state.text_for_log(items[0][0]))
     return verdicts
 
