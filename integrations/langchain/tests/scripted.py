@@ -120,17 +120,22 @@ class KeywordModel(SafetyModel):
 
     keyword_ids: list[int]
 
-    def step(self, cache: Any, token_ids: list[int], *, check: ClsQuery | None = None,
-             want_logits: bool = True) -> StepOutput:
+    def step(self, cache: Any, token_ids: list[int], **kwargs: Any) -> StepOutput:  # type: ignore[override]
         before = cache.get_seq_length()
-        out = super().step(cache, token_ids, check=check, want_logits=want_logits)
+        out = super().step(cache, token_ids, **kwargs)
         history = getattr(cache, "_keyword_history", [])[:before] + list(token_ids)
         cache._keyword_history = history
-        if check is not None:
-            seen, n = history[: check.seen], len(self.keyword_ids)
-            hit = any(seen[i : i + n] == self.keyword_ids for i in range(len(seen) - n + 1))
-            out.score = 0.99 if hit else 0.01
+        checks: list[ClsQuery] = list(kwargs.get("checks") or [])
+        if not checks and kwargs.get("check") is not None:
+            checks = [kwargs["check"]]
+        if checks:  # one score per [CLS] query of the pass, in order
+            out.scores = [0.99 if self._hit(history[: q.seen]) else 0.01 for q in checks]
+            out.score = out.scores[-1]
         return out
+
+    def _hit(self, seen: list[int]) -> bool:
+        n = len(self.keyword_ids)
+        return any(seen[i : i + n] == self.keyword_ids for i in range(len(seen) - n + 1))
 
 
 @functools.cache
@@ -171,26 +176,34 @@ def keyword_guard(*, hold_back: int = 2, keyword: str = KEYWORD, **config: Any) 
 _BOUNDARY = re.compile(r"\s+\S")
 
 
-def released_before_cut(chunks: Sequence[str], hold_back: int) -> str | None:
-    """What a consumer may have seen when `chunks` are moderated chunk by chunk: None if the
-    keyword is never read, else the text of the last safe check minus `hold_back` tokens.
+def released_before_cut(chunks: Sequence[str], hold_back: int, *, period: int = 4,
+                        closing: bool = True) -> str | None:
+    """What a consumer may have seen when `chunks` are moderated: None if the keyword is never
+    read, else the text up to the last safe check minus `hold_back` tokens.
 
     Written from the contract, not the code: a session reads text up to its last
-    whitespace-to-word boundary, one check per chunk, and releases checked tokens but the last
-    `hold_back`; the keyword model flags any check whose tokens hold the keyword.
+    whitespace-to-word boundary (everything at close), checks at every `period`-th response
+    token whatever the chunking (and once more over everything at close), and releases checked
+    tokens but the last `hold_back`; the keyword model flags any check whose tokens hold the
+    keyword. With `closing=False`, only what the chunks' feeds decide (not the close).
     """
     model = keyword_model()
-    fed, safe, safe_ends = "", "", []
-    for chunk in chunks:
-        fed += chunk
-        cut = max((m.start() for m in _BOUNDARY.finditer(fed)), default=0)
+    fed = ""
+    steps = [(i, False) for i in range(len(chunks))] + ([(len(chunks) - 1, True)] if closing else [])
+    for i, at_close in steps:
+        if not at_close:
+            fed += chunks[i]
+        cut = len(fed) if at_close else max((m.start() for m in _BOUNDARY.finditer(fed)), default=0)
         read = fed[:cut]
         enc = model.tokenizer(read, add_special_tokens=False, return_offsets_mapping=True)
-        ids, n = list(enc["input_ids"]), len(model.keyword_ids)
-        if any(ids[i : i + n] == model.keyword_ids for i in range(len(ids) - n + 1)):
-            keep = len(safe_ends) - hold_back
-            return safe[: safe_ends[keep - 1]] if keep > 0 else ""
-        safe, safe_ends = read, [int(end) for _, end in enc["offset_mapping"]]
+        ids, ends = list(enc["input_ids"]), [int(end) for _, end in enc["offset_mapping"]]
+        positions = list(range(period, len(ids) + 1, period)) + ([len(ids)] if at_close and ids else [])
+        last_safe = 0
+        for p in positions:
+            if model._hit(ids[:p]):
+                keep = last_safe - hold_back
+                return read[: ends[keep - 1]] if keep > 0 else ""
+            last_safe = p
     return None
 
 
@@ -226,6 +239,12 @@ class RecordingGuard:
 
     def check_response(self, prompt: PromptInput, response: str) -> Verdict:
         return self.inner.check_response(prompt, response)
+
+    def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]:
+        return self.inner.check_prompts(prompts)
+
+    def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
+        return self.inner.check_responses(pairs)
 
     def generate(self, prompt: PromptInput, **kwargs: Any) -> Iterator[GenerationEvent]:
         return self.inner.generate(prompt, **kwargs)
@@ -273,6 +292,12 @@ class AsyncRecordingGuard:
 
     async def check_response(self, prompt: PromptInput, response: str) -> Verdict:
         return await asyncio.to_thread(self.inner.check_response, prompt, response)
+
+    async def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]:
+        return await asyncio.to_thread(self.inner.check_prompts, prompts)
+
+    async def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
+        return await asyncio.to_thread(self.inner.check_responses, pairs)
 
     async def generate(self, prompt: PromptInput, **kwargs: Any) -> AsyncIterator[GenerationEvent]:
         for event in await asyncio.to_thread(lambda: list(self.inner.generate(prompt, **kwargs))):

@@ -25,7 +25,7 @@ TOKENS = 24
 @pytest.fixture(scope="module")
 def sidecar_url(base_guard: Guard) -> Iterator[str]:
     """A real `guardrail serve` app on a free loopback port, serving the real default model."""
-    with BackgroundServer(create_app(Settings(), base_guard.model)) as server:
+    with BackgroundServer(create_app(Settings(allow_request_relaxation=True), base_guard.model)) as server:
         yield server.url
 
 

@@ -37,7 +37,8 @@ def test_safe_stream_passes_token_by_token(allow: Guard) -> None:
     model = GuardrailChatModel(llm=fake(), guard=allow)
     chunks = list(model.stream("How do I plan a trip?"))
     assert "".join(c.text for c in chunks) == ANSWER
-    assert len([c for c in chunks if c.text]) > 3
+    # released progressively at the scheduled checks (every 4th token), not all at the end
+    assert len([c for c in chunks if c.text]) >= 3
     final = chunks[0]
     for c in chunks[1:]:
         final = final + c
