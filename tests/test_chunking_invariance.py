@@ -186,3 +186,17 @@ def test_real_model_cuts_a_harmful_answer_at_the_same_token_whatever_the_chunkin
     whole = outcomes["one chunk"]
     assert whole[1] and "pipe bomb" not in whole[0] and REAL_TEXT.startswith(whole[0])
     assert all(outcome == whole for outcome in outcomes.values()), outcomes
+
+
+@pytest.mark.parametrize("how", ["one chunk", "word by word"])
+def test_text_past_the_context_is_still_checked_at_every_position(tokenizer: Any, how: str) -> None:
+    """Chunks longer than the context are prefilled in pieces, each with its own checks; past
+    the limit the prompt and recent tokens are re-encoded, and the keyword is still caught."""
+    model = make_keyword_model(tokenizer, max_context=48)
+    text = BENIGN * 6 + " and then the bomb" + BENIGN
+    chunks = [text] if how == "one chunk" else [w + " " for w in text.split(" ")]
+    config = GuardConfig(threshold=0.5, tau=1, period=2)
+    released, intercepted, _, checks = run_embedded(model, chunks, config)
+    assert intercepted and text.startswith(released) and len(released) <= text.index(" bomb")
+    assert len(released) > len(BENIGN) * 5  # the long safe part was checked and released
+    assert checks >= len(model.tokenizer(text[: text.index(" bomb")])["input_ids"]) // 2

@@ -78,3 +78,19 @@ def test_flagged_tokens_never_released(
         buffer.finish(scores[-1] < threshold)
         expected = n if scores[-1] < threshold else max(0, last_safe - hold_back)
         assert buffer.released == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(strategy=st.sampled_from(["each", "first", "periodic", "annealing"]), period=st.integers(1, 8),
+       cuts=st.lists(st.integers(0, 80), max_size=12))
+def test_schedule_positions_do_not_depend_on_how_the_range_is_split(strategy: str, period: int,
+                                                                     cuts: list[int]) -> None:
+    whole = CheckSchedule(strategy, period).positions(0, 80)
+    split_schedule = CheckSchedule(strategy, period)
+    got: list[int] = []
+    last = 0
+    for point in [*sorted(cuts), 80]:
+        got += split_schedule.positions(last, point)
+        last = point
+    one_by_one = CheckSchedule(strategy, period)
+    assert got == whole == [n for n in range(1, 81) if one_by_one.should_check(n)]

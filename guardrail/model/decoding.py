@@ -38,6 +38,7 @@ from guardrail.types import (
     Timings,
     TokenEvent,
     Usage,
+    label_for,
 )
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -197,7 +198,7 @@ def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig
     if scores:
         score = scores[-1]
         stream.checks += 1
-        flagged = score >= config.threshold
+        flagged = label_for(score, config.threshold) == "unsafe"
         yield ScoreEvent(index=0, score=score, unsafe=flagged, streak=int(flagged))
         if flagged:
             intercepted = InterceptEvent(index=0, score=score, action=config.action, stage="prompt")

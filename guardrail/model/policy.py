@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guardrail.types import GuardConfig
+from guardrail.types import GuardConfig, label_for
 
 
 class CheckSchedule:
@@ -59,14 +59,14 @@ class TauPolicy:
 
     def update(self, score: float) -> bool:
         """Record one check; return True when the guard must act."""
-        if score >= self.threshold:
+        if self.is_unsafe(score):
             self.streak += 1
         else:
             self.streak = 0
         return self.streak >= self.tau
 
     def is_unsafe(self, score: float) -> bool:
-        return score >= self.threshold
+        return label_for(score, self.threshold) == "unsafe"
 
     @classmethod
     def from_config(cls, config: GuardConfig) -> TauPolicy:

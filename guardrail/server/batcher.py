@@ -65,7 +65,8 @@ class _Job:
 
     @property
     def size(self) -> int:
-        return len(self.request.token_ids) if self.request is not None else 0
+        """Rows this step adds to a pass: its new tokens and its [CLS] checks."""
+        return len(self.request.token_ids) + len(self.request.checks) if self.request is not None else 0
 
 
 def _tracer() -> Any:
@@ -250,7 +251,7 @@ class Batcher:
                 if job.trace_context is not None:
                     wait = tracer.start_span("guardrail.batcher.wait", context=job.trace_context,
                                              start_time=job.enqueued_ns, links=[link],
-                                             attributes={"guardrail.step.tokens": job.size})
+                                             attributes={"guardrail.step.rows": job.size})
                     wait.end(end_time=started_ns)
             self._pass(group)
 
