@@ -121,6 +121,8 @@ def main() -> None:
                 else:
                     took[name], counts[name] = _ours(model, prompt, quiet[name], True, tokens)
             assert len(set(counts.values())) == 1, f"runs must produce the same number of tokens: {counts}"
+            print(f"round: {prompt[:30]!r} " + ", ".join(f"{n} {took[n]:.2f}s" for n in order),
+                  file=sys.stderr, flush=True)
             for name in names:
                 seconds[name].append(took[name])
                 if name != STOCK:
