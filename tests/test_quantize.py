@@ -15,6 +15,7 @@ from guardrail.model.quantize import (
     QuantizeError,
     quantization_of,
     quantize_model,
+    resolve_quantize,
     silence_torchao_notices,
 )
 from guardrail.model.session import ModerationSession
@@ -85,6 +86,15 @@ def test_unknown_mode_and_wrong_device_are_refused(tokenizer) -> None:  # type: 
         load_model(quantize="int4")  # type: ignore[arg-type]
     with pytest.raises(ModelLoadError, match="CPU fp32 path"):
         load_model(quantize="int8", dtype="bf16")
+
+
+def test_auto_is_int8_only_on_cpu_fp32() -> None:
+    assert resolve_quantize("auto", "cpu", torch.float32) == "int8"
+    assert resolve_quantize("auto", "cpu", torch.bfloat16) == "none"
+    assert resolve_quantize("auto", "cuda", torch.bfloat16) == "none"
+    assert resolve_quantize("none", "cpu", torch.float32) == "none"
+    with pytest.raises(QuantizeError, match="unknown quantize mode"):
+        resolve_quantize("fp8", "cpu", torch.float32)
 
 
 def test_torchao_import_notices_are_dropped(caplog: pytest.LogCaptureFixture) -> None:

@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 
 # Imported before transformers: it installs the filters for torchao's import-time notices.
-from guardrail.model.quantize import QuantizeError, QuantizeMode, check_mode, quantize_model
+from guardrail.model.quantize import (
+    QuantizeChoice,
+    QuantizeError,
+    QuantizeMode,
+    quantize_model,
+    resolve_quantize,
+)
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel  # isort: skip
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase  # isort: skip
@@ -126,22 +132,23 @@ def load_model(
     *,
     device: str | None = "cpu",
     dtype: str | torch.dtype | None = None,
-    quantize: QuantizeMode = "none",
+    quantize: QuantizeChoice = "none",
 ) -> LoadedModel:
     """Load the default model (`None` or "default") or a local Hugging Face causal-LM folder.
 
     `quantize="int8"` runs the decoder's linear layers and the LM head in int8 (CPU, fp32
-    activations in between; see `guardrail.model.quantize`).
+    activations in between; see `guardrail.model.quantize`); "auto" picks int8 on a CPU in
+    fp32 and none elsewhere. Training keeps the default "none": its caches are fp32 features.
     """
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:
-        quantize = check_mode(quantize)
+        mode = resolve_quantize(quantize, device, torch_dtype)
     except QuantizeError as exc:
         raise ModelLoadError(str(exc)) from None
-    if quantize != "none" and (device != "cpu" or torch_dtype != torch.float32):
+    if mode != "none" and (device != "cpu" or torch_dtype != torch.float32):
         raise ModelLoadError(
-            f"quantize={quantize!r} is the CPU fp32 path (got device {device!r}, dtype {torch_dtype}); "
+            f"quantize={mode!r} is the CPU fp32 path (got device {device!r}, dtype {torch_dtype}); "
             "on a GPU use bf16"
         )
     if model is None or str(model) == DEFAULT_MODEL:
@@ -162,9 +169,9 @@ def load_model(
     lm.to(device)  # type: ignore[arg-type]
     lm.eval()
     lm.requires_grad_(False)
-    if quantize != "none":
+    if mode != "none":
         try:
-            quantize_model(lm, quantize, lm_head=True)
+            quantize_model(lm, mode, lm_head=True)
         except QuantizeError as exc:
             raise ModelLoadError(f"could not quantize {name}: {exc}") from exc
-    return LoadedModel(model=lm, tokenizer=tokenizer, name=name, quantize=quantize)
+    return LoadedModel(model=lm, tokenizer=tokenizer, name=name, quantize=mode)
