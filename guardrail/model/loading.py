@@ -15,8 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+# Imported before transformers: it installs the filters for torchao's import-time notices.
+from guardrail.model.quantize import (
+    QuantizeChoice,
+    QuantizeError,
+    QuantizeMode,
+    quantize_model,
+    resolve_quantize,
+)
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel  # isort: skip
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase  # isort: skip
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,7 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
+    quantize: QuantizeMode = "none"
 
 
 def cache_dir() -> Path:
@@ -121,10 +132,25 @@ def load_model(
     *,
     device: str | None = "cpu",
     dtype: str | torch.dtype | None = None,
+    quantize: QuantizeChoice = "none",
 ) -> LoadedModel:
-    """Load the default model (`None` or "default") or a local Hugging Face causal-LM folder."""
+    """Load the default model (`None` or "default") or a local Hugging Face causal-LM folder.
+
+    `quantize="int8"` runs the decoder's linear layers and the LM head in int8 (CPU, fp32
+    activations in between; see `guardrail.model.quantize`); "auto" picks int8 on a CPU in
+    fp32 and none elsewhere. Training keeps the default "none": its caches are fp32 features.
+    """
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    try:
+        mode = resolve_quantize(quantize, device, torch_dtype)
+    except QuantizeError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if mode != "none" and (device != "cpu" or torch_dtype != torch.float32):
+        raise ModelLoadError(
+            f"quantize={mode!r} is the CPU fp32 path (got device {device!r}, dtype {torch_dtype}); "
+            "on a GPU use bf16"
+        )
     if model is None or str(model) == DEFAULT_MODEL:
         path, name = default_model_dir(), DEFAULT_MODEL_NAME
     else:
@@ -143,4 +169,9 @@ def load_model(
     lm.to(device)  # type: ignore[arg-type]
     lm.eval()
     lm.requires_grad_(False)
-    return LoadedModel(model=lm, tokenizer=tokenizer, name=name)
+    if mode != "none":
+        try:
+            quantize_model(lm, mode, lm_head=True)
+        except QuantizeError as exc:
+            raise ModelLoadError(f"could not quantize {name}: {exc}") from exc
+    return LoadedModel(model=lm, tokenizer=tokenizer, name=name, quantize=mode)
