@@ -45,6 +45,15 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
 def _run(args: argparse.Namespace) -> int:
     if args.category or args.categories:
         return _run_categories(args)
+    if args.probe:
+        from guardrail.model.head import default_head_dir
+        from guardrail.training.probe import probe
+
+        report = probe(
+            Path(args.head) if args.head else default_head_dir(), Path(args.output), model=args.model
+        )
+        print(json.dumps(report, indent=2))
+        return 0
     from guardrail.training.pipeline import run
 
     report = run(
