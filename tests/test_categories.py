@@ -117,3 +117,13 @@ def test_custom_category_trains_on_frozen_features(tiny: SafetyModel, tmp_path: 
     assert all(torch.equal(before[k], v) for k, v in tiny.head.state_dict().items())
     with pytest.raises(ValueError, match="no spaces"):
         categories.train_custom(tiny, "my category", examples, tmp_path)
+
+
+def test_the_shipped_head_carries_the_moderation_categories() -> None:
+    from guardrail.model.head import default_head_dir
+
+    head = SafetyHead.load(default_head_dir())
+    assert head.category_names == MODERATION_CATEGORIES
+    assert set(head.category_thresholds) == set(MODERATION_CATEGORIES)
+    row = torch.zeros(head.config.hidden_size)
+    assert set(head.category_scores(row)) == set(MODERATION_CATEGORIES)

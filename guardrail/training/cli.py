@@ -31,12 +31,19 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         action="store_true",
         help="train the moderation category outputs on the frozen features of --head (default: shipped head)",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="score --head on rewordings, hard negatives and written answers; trains nothing",
+    )
     parser.add_argument("--category", default=None, help="name of a custom category to add to --head")
     parser.add_argument(
         "--examples", default=None, help='JSON lines {"text": ..., "label": 0|1} for --category'
     )
     parser.add_argument(
-        "--head", default=None, help="head folder the categories read (default: shipped head)"
+        "--head",
+        default=None,
+        help="head folder that --categories, --category and --probe read (default: shipped head)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny run to check the pipeline end to end")
     parser.set_defaults(func=_run)

@@ -188,7 +188,8 @@ def _evaluate_existing(
 ) -> dict[str, Any]:
     """Figures of an existing head (the shipped one by default) on this run's held-out shards."""
     existing = SafetyHead.load(directory)
-    safety.head.load_state_dict(existing.state_dict())
+    binary = {k: v for k, v in existing.state_dict().items() if not k.startswith("categories.")}
+    safety.head.load_state_dict(binary)
     safety.head.eval()
     threshold = float(existing.config.threshold)
     held = score(safety, held_shards)
