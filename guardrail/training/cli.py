@@ -36,6 +36,9 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         action="store_true",
         help="score --head on rewordings, hard negatives and written answers; trains nothing",
     )
+    parser.add_argument(
+        "--probe-limit", type=int, default=None, help="with --probe: at most N samples per generated group"
+    )
     parser.add_argument("--category", default=None, help="name of a custom category to add to --head")
     parser.add_argument(
         "--examples", default=None, help='JSON lines {"text": ..., "label": 0|1} for --category'
@@ -57,7 +60,10 @@ def _run(args: argparse.Namespace) -> int:
         from guardrail.training.probe import probe
 
         report = probe(
-            Path(args.head) if args.head else default_head_dir(), Path(args.output), model=args.model
+            Path(args.head) if args.head else default_head_dir(),
+            Path(args.output),
+            model=args.model,
+            limit=args.probe_limit,
         )
         print(json.dumps(report, indent=2))
         return 0

@@ -8,6 +8,7 @@ rewordings it misses, a kind of alarming request it flags, harm it forgets.
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,25 @@ def _probed(group: str) -> bool:
     return is_held_out(group) or base.startswith(("aug:", "hard_negative", "resp:"))
 
 
-def probe(head_dir: Path, output: Path, *, model: str | None = None, seed: int = 0) -> dict[str, Any]:
+def probe(
+    head_dir: Path, output: Path, *, model: str | None = None, seed: int = 0, limit: int | None = None
+) -> dict[str, Any]:
+    """`limit`: at most this many samples per generated group, and held-out prompt groups skipped
+    (their figures are in the head's own report), for a quick look on a busy machine."""
     loaded = load_model(model)
     head = SafetyHead.load(head_dir)
     safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
     recipe = Recipe(seed=seed, n_traj_harmful=0, n_traj_benign=0)
     groups = split_validation(build_groups(loaded.tokenizer, lambda plans, _: plans, recipe), seed)
     groups = {name: samples for name, samples in groups.items() if _probed(name)}
+    if limit is not None:
+        rng = random.Random(seed)
+        groups = {
+            name: rng.sample(samples, min(limit, len(samples)))
+            for name, samples in groups.items()
+            if not (is_held_out(name) and not name.startswith("resp_heldout:"))
+            and not name.startswith("resp:")
+        }
     shards = kvstore.build(safety, cache_dir() / "train" / "kv" / loaded.name, groups)
     threshold = float(head.config.threshold)
     report: dict[str, Any] = {"head": head_dir.name, "threshold": threshold}
