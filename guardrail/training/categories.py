@@ -267,6 +267,27 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 5) -> list[di
     return rows
 
 
+def plot_calibration(report: dict[str, Any], path: Path) -> None:
+    """Reliability diagram of every held-out split (all categories pooled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for split, row in report["splits"].items():
+        bins = row["calibration"]
+        ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], "o-", label=split)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("predicted category probability")
+    ax.set_ylabel("observed rate (held-out sources)")
+    ax.set_title("Category outputs: calibration")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def train_categories(model: SafetyModel, work: Path, output: Path, *, seed: int = 0) -> dict[str, Any]:
     """Fit the 13 moderation outputs; report held-out figures; save next to the head in `output`."""
     names = MODERATION_CATEGORIES
@@ -301,6 +322,7 @@ def train_categories(model: SafetyModel, work: Path, output: Path, *, seed: int 
     model.head.categories = head
     model.head.save_categories(output, extra={"report": "categories-report.json"})
     (output / "categories-report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_calibration(report, output / "categories_calibration.png")
     return report
 
 
