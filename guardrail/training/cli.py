@@ -37,6 +37,11 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         help="score --head on rewordings, hard negatives and written answers; trains nothing",
     )
     parser.add_argument(
+        "--finetune-generated",
+        action="store_true",
+        help="experiment: continue training --head on the generated data only, compare held-out figures",
+    )
+    parser.add_argument(
         "--probe-limit", type=int, default=None, help="with --probe: at most N samples per generated group"
     )
     parser.add_argument("--category", default=None, help="name of a custom category to add to --head")
@@ -55,6 +60,14 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
 def _run(args: argparse.Namespace) -> int:
     if args.category or args.categories:
         return _run_categories(args)
+    if args.finetune_generated:
+        from guardrail.model.head import default_head_dir
+        from guardrail.training.probe import finetune
+
+        head_dir = Path(args.head) if args.head else default_head_dir()
+        report = finetune(head_dir, Path(args.output), model=args.model, seed=args.seed, epochs=args.epochs)
+        print(json.dumps({k: report[k] for k in ("before", "after")}, indent=2))
+        return 0
     if args.probe:
         from guardrail.model.head import default_head_dir
         from guardrail.training.probe import probe

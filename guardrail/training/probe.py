@@ -103,3 +103,62 @@ def _by(safety: SafetyModel, shards: list[Shard], threshold: float, key: Any) ->
         row["mean_score"] = float(np.mean(scores))
         out[name] = row
     return out
+
+
+def finetune(
+    head_dir: Path,
+    output: Path,
+    *,
+    model: str | None = None,
+    seed: int = 0,
+    epochs: int = 1,
+    lr: float = 3e-4,
+) -> dict[str, Any]:
+    """Continue training an existing head on the generated data only (rewordings, hard negatives,
+    written answers), then score both heads on the held-out groups at the existing threshold.
+
+    An experiment, not a shipping recipe: it cannot have leave-one-source-out folds (the start
+    point has seen every source), and nothing of the original data is replayed.
+    """
+    from guardrail.training.trainer import TrainConfig, train
+
+    loaded = load_model(model)
+    head = SafetyHead.load(head_dir)
+    safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
+    recipe = Recipe(seed=seed, n_traj_harmful=0, n_traj_benign=0)
+    groups = split_validation(build_groups(loaded.tokenizer, lambda plans, _: plans, recipe), seed)
+    wanted = {
+        name: samples
+        for name, samples in groups.items()
+        if is_held_out(name) or (name.startswith(("aug:", "hard_negative", "resp:")) and "#val" not in name)
+    }
+    wanted = dict(sorted(wanted.items(), key=lambda kv: not is_held_out(kv[0])))
+    shards = kvstore.build(safety, cache_dir() / "train" / "kv" / loaded.name, wanted)
+    held = [s for s in shards if is_held_out(s.group)]
+    train_shards = [s for s in shards if not is_held_out(s.group)]
+    threshold = float(head.config.threshold)
+    report: dict[str, Any] = {"head": head_dir.name, "threshold": threshold, "epochs": epochs, "lr": lr}
+    report["before"] = _held_figures(safety, held, threshold)
+    start = {k: v.clone() for k, v in head.state_dict().items() if not k.startswith("categories.")}
+    report["losses"] = train(
+        safety, train_shards, TrainConfig(epochs=epochs, lr=lr, seed=seed, init_state=start)
+    )
+    report["after"] = _held_figures(safety, held, threshold)
+    output.mkdir(parents=True, exist_ok=True)
+    safety.head.save(output, extra={"threshold": threshold, "experiment": "finetune on generated data"})
+    (output / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _held_figures(safety: SafetyModel, held: list[Shard], threshold: float) -> dict[str, Any]:
+    prompts = [s for s in held if not s.group.startswith("resp_heldout:")]
+    out = _by(safety, prompts, threshold, key=lambda shard, _: shard.group.split("|")[0])
+    answers: dict[str, list[Shard]] = defaultdict(list)
+    for shard in held:
+        if shard.group.startswith("resp_heldout:"):
+            answers[shard.group.split("|")[0]].append(shard)
+    for kind, items in sorted(answers.items()):
+        out[kind] = metrics.answer_metrics(score(safety, items), threshold)
+    scored = score(safety, prompts)
+    out["auroc"] = metrics.auroc(scored.prompt_scores, scored.prompt_labels)
+    return out
