@@ -49,3 +49,20 @@ def test_held_out_and_generated_groups_come_first() -> None:
     ]
     assert sorted(names, key=_kv_priority)[:2] == ["persistbench", "resp_heldout:long_benign"]
     assert [n for n in names if _probed(n)] == names[1:]
+
+
+def test_training_can_start_from_existing_weights(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from guardrail.training import kvstore
+    from guardrail.training.samples import prompt_sample
+    from guardrail.training.sources import Example
+    from guardrail.training.trainer import TrainConfig, train
+
+    samples = [prompt_sample(tiny.tokenizer, Example(f"request number {i}", i % 2, "s")) for i in range(6)]
+    shards = kvstore.build(tiny, tmp_path, {"g": samples})
+    start = {k: v.clone() for k, v in tiny.head.state_dict().items()}
+    train(tiny, shards, TrainConfig(epochs=1, lr=1e-9, init_state=start))
+    assert all(torch.allclose(start[k], v, atol=1e-5) for k, v in tiny.head.state_dict().items())
+    train(tiny, shards, TrainConfig(epochs=1, lr=1e-9))  # a fresh head: the adapters restart at zero
+    assert not torch.allclose(start["adapters.0.bias"], tiny.head.state_dict()["adapters.0.bias"])

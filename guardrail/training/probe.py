@@ -124,6 +124,7 @@ def finetune(
 
     loaded = load_model(model)
     head = SafetyHead.load(head_dir)
+    head.categories = None  # only the binary path is trained here
     safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
     recipe = Recipe(seed=seed, n_traj_harmful=0, n_traj_benign=0)
     groups = split_validation(build_groups(loaded.tokenizer, lambda plans, _: plans, recipe), seed)
