@@ -134,3 +134,12 @@ def test_written_answers_are_grouped_by_request_source(groups) -> None:  # type:
     for name in names:
         if "|" in name:
             assert excludes(name, name.split("|")[-1])
+
+
+def test_benign_rewordings_put_benign_requests_in_the_same_frames() -> None:
+    items = load_source("written_alarming_benign")[:40]
+    out = rewordings(items, seed=0, per_request=1.0, label=BENIGN)
+    assert len(out) >= 30
+    assert {e.label for e in out} == {BENIGN}
+    assert {e.source for e in out} == {"written_alarming_benign"}
+    assert rewordings(items, seed=0) == []  # the default rewords malicious requests only

@@ -175,17 +175,20 @@ def reword(request: str, style: str, rng: random.Random) -> str | None:
     return text[0].upper() + text[1:] if style != "terse" else text
 
 
-def rewordings(examples: Iterable[Example], *, seed: int, per_request: float = 1.0) -> list[Example]:
-    """Rewordings of malicious training requests, tagged with their request's source.
+def rewordings(
+    examples: Iterable[Example], *, seed: int, per_request: float = 1.0, label: int = MALICIOUS
+) -> list[Example]:
+    """Rewordings of the training requests of one class, tagged with their request's source.
 
     `per_request` is the expected number of rewordings per request (styles drawn at random,
-    never twice the same for one request).
+    never twice the same for one request). Benign rewordings put benign requests in the same
+    frames, so that a frame ("for a story", "historically") is not learnt as the tell.
     """
     rng = random.Random(seed)
     out: list[Example] = []
     seen: set[str] = set()
     for example in examples:
-        if example.label != MALICIOUS:
+        if example.label != label:
             continue
         count = int(per_request) + (1 if rng.random() < per_request - int(per_request) else 0)
         for style in rng.sample(REWORD_STYLES, min(count, len(REWORD_STYLES))):
@@ -193,7 +196,7 @@ def rewordings(examples: Iterable[Example], *, seed: int, per_request: float = 1
             if text is None or dedupe_key(text) in seen:
                 continue
             seen.add(dedupe_key(text))
-            out.append(Example(text, MALICIOUS, example.source, family=style))
+            out.append(Example(text, label, example.source, family=style))
     return out
 
 

@@ -42,6 +42,12 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         help="experiment: continue training --head on the generated data only, compare held-out figures",
     )
     parser.add_argument(
+        "--benign-rewordings",
+        type=float,
+        default=0.0,
+        help="with --finetune-generated: benign requests reworded in the same frames, per request",
+    )
+    parser.add_argument(
         "--probe-limit", type=int, default=None, help="with --probe: at most N samples per generated group"
     )
     parser.add_argument("--category", default=None, help="name of a custom category to add to --head")
@@ -65,7 +71,14 @@ def _run(args: argparse.Namespace) -> int:
         from guardrail.training.probe import finetune
 
         head_dir = Path(args.head) if args.head else default_head_dir()
-        report = finetune(head_dir, Path(args.output), model=args.model, seed=args.seed, epochs=args.epochs)
+        report = finetune(
+            head_dir,
+            Path(args.output),
+            model=args.model,
+            seed=args.seed,
+            epochs=args.epochs,
+            benign_rewordings=args.benign_rewordings,
+        )
         print(json.dumps({k: report[k] for k in ("before", "after")}, indent=2))
         return 0
     if args.probe:

@@ -113,6 +113,7 @@ def finetune(
     seed: int = 0,
     epochs: int = 1,
     lr: float = 3e-4,
+    benign_rewordings: float = 0.0,
 ) -> dict[str, Any]:
     """Continue training an existing head on the generated data only (rewordings, hard negatives,
     written answers), then score both heads on the held-out groups at the existing threshold.
@@ -126,7 +127,9 @@ def finetune(
     head = SafetyHead.load(head_dir)
     head.categories = None  # only the binary path is trained here
     safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
-    recipe = Recipe(seed=seed, n_traj_harmful=0, n_traj_benign=0)
+    recipe = Recipe(
+        seed=seed, n_traj_harmful=0, n_traj_benign=0, benign_rewordings_per_request=benign_rewordings
+    )
     groups = split_validation(build_groups(loaded.tokenizer, lambda plans, _: plans, recipe), seed)
     wanted = {
         name: samples
@@ -138,7 +141,14 @@ def finetune(
     held = [s for s in shards if is_held_out(s.group)]
     train_shards = [s for s in shards if not is_held_out(s.group)]
     threshold = float(head.config.threshold)
-    report: dict[str, Any] = {"head": head_dir.name, "threshold": threshold, "epochs": epochs, "lr": lr}
+    report: dict[str, Any] = {
+        "head": head_dir.name,
+        "threshold": threshold,
+        "epochs": epochs,
+        "lr": lr,
+        "benign_rewordings": benign_rewordings,
+        "trained_groups": {s.group: len(s.samples) for s in train_shards},
+    }
     report["before"] = _held_figures(safety, held, threshold)
     start = {k: v.clone() for k, v in head.state_dict().items() if not k.startswith("categories.")}
     report["losses"] = train(

