@@ -19,6 +19,25 @@ from torch import nn
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head.json"
+CATEGORY_WEIGHTS = "categories.safetensors"
+CATEGORY_CONFIG = "categories.json"
+
+#: The OpenAI moderation categories, in their order; a category head may add custom names.
+MODERATION_CATEGORIES: tuple[str, ...] = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
 
 
 @dataclass
@@ -56,6 +75,45 @@ class ClsLayerAdapter(nn.Module):
         return out
 
 
+class CategoryHead(nn.Module):
+    """Multi-label outputs on the same [CLS] row as the binary classifier: one logit per category.
+
+    A linear read-out of the [CLS] hidden state, trained on frozen features of the binary
+    head, so adding or retraining a category never changes the binary verdict.
+    """
+
+    def __init__(
+        self, hidden_size: int, names: tuple[str, ...] | list[str], thresholds: dict[str, float] | None = None
+    ):
+        super().__init__()
+        if len(set(names)) != len(names):
+            raise ValueError("category names must be unique")
+        self.names: tuple[str, ...] = tuple(names)
+        self.linear = nn.Linear(hidden_size, len(self.names))
+        self.thresholds: dict[str, float] = {name: 0.5 for name in self.names} | (thresholds or {})
+
+    def logits(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(cls_hidden.float())  # type: ignore[no-any-return]
+
+    def with_output(
+        self, name: str, weight: torch.Tensor, bias: float, threshold: float = 0.5
+    ) -> CategoryHead:
+        """A copy with `name` added (or replaced): the other outputs keep their weights."""
+        names = list(self.names)
+        if name not in names:
+            names.append(name)
+        out = CategoryHead(self.linear.in_features, names, self.thresholds | {name: threshold})
+        with torch.no_grad():
+            for i, existing in enumerate(self.names):
+                j = names.index(existing)
+                out.linear.weight[j] = self.linear.weight[i]
+                out.linear.bias[j] = self.linear.bias[i]
+            j = names.index(name)
+            out.linear.weight[j] = weight.float().reshape(-1)
+            out.linear.bias[j] = float(bias)
+        return out
+
+
 class SafetyHead(nn.Module):
     """Everything trained for the safety signal; a few MB at most."""
 
@@ -71,6 +129,8 @@ class SafetyHead(nn.Module):
             nn.GELU(),
             nn.Linear(config.classifier_hidden, 2),
         )
+        #: Optional per-category outputs (see `CategoryHead`); saved in their own files.
+        self.categories: CategoryHead | None = None
 
     def init_cls_from(self, embeddings: torch.Tensor) -> None:
         """Start [CLS] at the mean token embedding so its first queries look like text."""
@@ -83,13 +143,66 @@ class SafetyHead(nn.Module):
     def unsafe_probability(self, cls_hidden: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(cls_hidden).float(), dim=-1)[..., 1]
 
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        """Names of the category outputs, in output order; empty when the head has none."""
+        return self.categories.names if self.categories is not None else ()
+
+    @property
+    def category_thresholds(self) -> dict[str, float]:
+        return dict(self.categories.thresholds) if self.categories is not None else {}
+
+    def category_logits(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """[..., hidden] -> [..., n_categories]; raises if the head has no category outputs."""
+        if self.categories is None:
+            raise ValueError("this head has no category outputs")
+        return self.categories.logits(cls_hidden)
+
+    def category_probabilities(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """Independent (multi-label) probabilities, [..., n_categories], in `category_names` order."""
+        return torch.sigmoid(self.category_logits(cls_hidden))
+
+    def category_scores(self, cls_hidden: torch.Tensor) -> dict[str, float]:
+        """One [CLS] row ([hidden]) -> {category name: probability}; {} when the head has none."""
+        if self.categories is None:
+            return {}
+        if cls_hidden.dim() != 1:
+            raise ValueError(f"expected one [CLS] row of shape [hidden], got {tuple(cls_hidden.shape)}")
+        probs = self.category_probabilities(cls_hidden).tolist()
+        return dict(zip(self.categories.names, probs, strict=True))
+
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+        tensors = {
+            k: v.detach().float().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            if not k.startswith("categories.")
+        }
         save_file(tensors, str(directory / HEAD_WEIGHTS))
         meta = asdict(self.config) | (extra or {})
         (directory / HEAD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        if self.categories is not None:
+            self.save_categories(directory)
+
+    def save_categories(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write only the category outputs (the binary head's files are left as they are)."""
+        if self.categories is None:
+            raise ValueError("this head has no category outputs")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        linear = self.categories.linear
+        save_file(
+            {
+                "weight": linear.weight.detach().float().cpu().contiguous(),
+                "bias": linear.bias.detach().float().cpu().contiguous(),
+            },
+            str(directory / CATEGORY_WEIGHTS),
+        )
+        meta = {"names": list(self.categories.names), "thresholds": self.categories.thresholds} | (
+            extra or {}
+        )
+        (directory / CATEGORY_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> SafetyHead:
@@ -99,7 +212,21 @@ class SafetyHead(nn.Module):
             raise FileNotFoundError(f"no safety head in {directory} (needs {HEAD_CONFIG} and {HEAD_WEIGHTS})")
         head = cls(HeadConfig.from_dict(json.loads(cfg_path.read_text())))
         head.load_state_dict(load_file(str(weights)))
+        if (directory / CATEGORY_CONFIG).is_file() and (directory / CATEGORY_WEIGHTS).is_file():
+            head.categories = load_categories(directory, head.config.hidden_size)
         return head
+
+
+def load_categories(directory: str | Path, hidden_size: int) -> CategoryHead:
+    """The category outputs saved next to a head."""
+    directory = Path(directory)
+    meta = json.loads((directory / CATEGORY_CONFIG).read_text())
+    categories = CategoryHead(hidden_size, meta["names"], meta.get("thresholds"))
+    tensors = load_file(str(directory / CATEGORY_WEIGHTS))
+    if tuple(tensors["weight"].shape) != (len(categories.names), hidden_size):
+        raise ValueError(f"{directory / CATEGORY_WEIGHTS} does not match {CATEGORY_CONFIG}")
+    categories.linear.load_state_dict({"weight": tensors["weight"], "bias": tensors["bias"]})
+    return categories
 
 
 def default_head_dir() -> Path:

