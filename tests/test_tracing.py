@@ -31,8 +31,10 @@ class Telemetry:
         self.reader = InMemoryMetricReader()
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
 
-    def spans(self, name: str | None = None) -> list[Any]:
-        return [s for s in self.exporter.get_finished_spans() if name is None or s.name == name]
+    def spans(self, operation: str | None = None) -> list[Any]:
+        """Finished spans, optionally of one `gen_ai.operation.name` (span names add the model)."""
+        return [s for s in self.exporter.get_finished_spans()
+                if operation is None or (s.attributes or {}).get("gen_ai.operation.name") == operation]
 
     def metric_sum(self, name: str) -> float:
         data = self.reader.get_metrics_data()
@@ -70,7 +72,8 @@ def test_check_span_has_verdict_attributes_and_no_text(guard: Guard, telemetry: 
     assert attrs["guardrail.threshold"] == 1.0
     assert attrs["guardrail.latency_ms"] > 0
     assert attrs["guardrail.strategy"] == "periodic"
-    assert attrs["gen_ai.system"] == "guardrail"
+    assert attrs["gen_ai.provider.name"] == "guardrail" and "gen_ai.system" not in attrs
+    assert span.name == f"guardrail.check_prompt {guard.model.name}"
     assert len(telemetry.spans("guardrail.check_response")) == 1
     for s in telemetry.spans():
         assert not any(SECRET in str(v) or "an answer" in str(v) for v in s.attributes.values())
@@ -90,7 +93,7 @@ def test_session_spans_and_intercept_event(guard: Guard, telemetry: Telemetry) -
     with pytest.raises(GuardrailViolation):
         list(moderate(iter(["First part,", " second part", " third."]), prompt=SECRET, guard=g))
     (session,) = telemetry.spans("guardrail.session")
-    chunks = telemetry.spans("guardrail.session.chunk")
+    chunks = telemetry.spans("guardrail.session.chunk") + telemetry.spans("guardrail.session.close")
     assert chunks and all(c.parent.span_id == session.context.span_id for c in chunks)
     assert session.attributes["guardrail.intercepted"] is True
     (event,) = [e for e in session.events if e.name == "guardrail.intercept"]
@@ -137,14 +140,15 @@ def test_decorated_function_traces_through_instrumented_guard(guard: Guard, tele
         return "Bake it at 220 C."
 
     answer("bread?")
-    names = [s.name for s in telemetry.spans()]
+    names = [s.attributes["gen_ai.operation.name"] for s in telemetry.spans()]
     assert names == ["guardrail.check_prompt", "guardrail.check_response"]
 
 
 def test_generation_span(guard: Guard, telemetry: Telemetry) -> None:
     g = traced(guard, telemetry, GuardConfig(threshold=1.0, check_prompt=False))
     result = g.generate_text("Say hi.", max_new_tokens=3)
-    (span,) = telemetry.spans("guardrail.generate")
+    (span,) = telemetry.spans("chat")
+    assert span.name == f"chat {guard.model.name}"
     assert span.attributes["gen_ai.operation.name"] == "chat"
     assert span.attributes["gen_ai.request.max_tokens"] == 3
     assert span.attributes["gen_ai.usage.output_tokens"] == result.usage.completion_tokens
