@@ -64,8 +64,8 @@ def main() -> None:
         "chunks_per_session": len(chunks),
         "chunk_tokens": 8,
     }
-    one_at_a_time = Settings(max_batch=1, max_wait_ms=0)
-    batching = Settings(max_batch=args.sessions)
+    one_at_a_time = Settings(allow_request_relaxation=True, max_batch=1, max_wait_ms=0)
+    batching = Settings(allow_request_relaxation=True, max_batch=args.sessions)
     with BackgroundServer(create_app(one_at_a_time, model)) as seq_srv, \
             BackgroundServer(create_app(batching, model)) as batch_srv:
         # The same warm-up for both sides: two sessions of two chunks, in each side's shape.

@@ -77,7 +77,8 @@ def run_ray(replicas: int, chunks: list[str], sessions: int, lat_chunks: list[st
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app(Settings(), replicas=replicas, replica_cpus=0.9, ingress_cpus=0.1,
+    app = build_app(Settings(allow_request_relaxation=True),
+                    replicas=replicas, replica_cpus=0.9, ingress_cpus=0.1,
                     model_factory=MODEL_FACTORY)
     serve.run(app, name="bench", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
@@ -136,10 +137,12 @@ def main() -> None:
     # One process using both cores, the baseline for 2 replicas. A fresh server, so its model
     # thread starts after the change (torch reads the thread count once per thread).
     torch.set_num_threads(2)
-    with BackgroundServer(create_app(Settings(max_batch=args.max_batch), model)) as srv:
+    with BackgroundServer(create_app(
+            Settings(allow_request_relaxation=True, max_batch=args.max_batch), model)) as srv:
         results["uvicorn_2_threads"] = {"throughput": throughput(srv.url, args.sessions, chunks)}
     torch.set_num_threads(1)
-    with BackgroundServer(create_app(Settings(max_batch=args.max_batch), model)) as srv:
+    with BackgroundServer(create_app(
+            Settings(allow_request_relaxation=True, max_batch=args.max_batch), model)) as srv:
         results["uvicorn"] = {"throughput": throughput(srv.url, args.sessions, chunks),
                               "latency": latency(srv.url, lat_chunks), "transport": transport(srv.url, 200)}
     print("uvicorn, 2 threads:", results["uvicorn_2_threads"], flush=True)

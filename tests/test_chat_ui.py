@@ -20,8 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from guardrail.server import Settings, create_app
-from tests.test_server_support import SAFE_PART, ServerThread, fake_upstream, free_port, make_model
+from guardrail.server import create_app
+from tests.test_server_support import (
+    SAFE_PART,
+    ServerThread,
+    fake_upstream,
+    free_port,
+    lax_settings,
+    make_model,
+)
 
 pytestmark = pytest.mark.model
 
@@ -236,7 +243,7 @@ def proxy_sidecar(tokenizer: Any) -> Iterator[str]:
     """A sidecar in proxy mode in front of a scripted upstream; the guard flags " bomb"."""
     app, _ = fake_upstream()
     with ServerThread(app) as upstream:
-        settings = Settings(upstream=upstream.url + "/v1")
+        settings = lax_settings(upstream=upstream.url + "/v1")
         with ServerThread(create_app(settings, make_model(tokenizer))) as sidecar:
             yield sidecar.url
 

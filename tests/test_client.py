@@ -23,17 +23,17 @@ from guardrail.client import (
     GuardrailRequestError,
     SidecarUnavailableError,
 )
-from guardrail.server import Settings, create_app
+from guardrail.server import create_app
 from guardrail.types import ChunkVerdict, DoneEvent, GenerationResult, GuardConfig, TokenEvent, Verdict
 from tests.oracle import expected_outcome, keyword_model
-from tests.test_server_support import ServerThread, free_port
+from tests.test_server_support import ServerThread, free_port, lax_settings
 
 STRICT = GuardConfig(tau=1, hold_back=1)
 
 
 @pytest.fixture(scope="module")
 def server(tokenizer: Any) -> Iterator[ServerThread]:
-    with ServerThread(create_app(Settings(), keyword_model(tokenizer))) as running:
+    with ServerThread(create_app(lax_settings(), keyword_model(tokenizer))) as running:
         yield running
 
 
@@ -55,7 +55,7 @@ def test_checks_and_generation(server: ServerThread) -> None:
         assert isinstance(result, GenerationResult) and result.intercepted and "bomb" not in result.text
         with pytest.raises(GuardrailRequestError) as err:
             client.check_prompt("   ")
-        assert err.value.status == 400 and isinstance(err.value, ValueError)
+        assert err.value.status == 422 and isinstance(err.value, ValueError)
 
 
 def test_session_feed_close_and_intercept(server: ServerThread, tokenizer: Any) -> None:
@@ -137,7 +137,7 @@ def test_retries_on_503_and_429_then_succeeds() -> None:
 
 
 def test_api_key_from_option(tokenizer: Any) -> None:
-    with ServerThread(create_app(Settings(api_key="k"), keyword_model(tokenizer))) as srv:
+    with ServerThread(create_app(lax_settings(api_key="k"), keyword_model(tokenizer))) as srv:
         assert GuardrailClient(srv.url, api_key="k").check_prompt("hi").label == "safe"
         with pytest.raises(GuardrailAuthError):
             GuardrailClient(srv.url, api_key="wrong").check_prompt("hi")

@@ -23,7 +23,7 @@ from guardrail.client import GuardrailClient
 from guardrail.model.engine import SafetyModel
 from guardrail.model.prompts import encode_text
 from guardrail.model.session import ModerationSession
-from guardrail.server import Settings, create_app
+from guardrail.server import create_app
 from guardrail.types import ChunkVerdict, GuardConfig
 from tests.oracle import (
     Outcome,
@@ -34,7 +34,7 @@ from tests.oracle import (
     whole_text_tokens,
     words_of,
 )
-from tests.test_server_support import SAFE_PART, SCRIPT, UNSAFE_WORD, ServerThread, make_model
+from tests.test_server_support import SAFE_PART, SCRIPT, UNSAFE_WORD, ServerThread, lax_settings, make_model
 
 # Multi-byte characters, an emoji with a skin-tone modifier, a ZWJ family, CJK, combining marks.
 TEXT = ("Héllo wörld! 👋🏽 family: 👨‍👩‍👧 你好世界, naïve café, e\u0301 — "
@@ -201,8 +201,8 @@ def test_session_release_follows_the_scores_position_by_position(
 # -- the same through the HTTP API -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def servers(tokenizer: Any) -> Iterator[tuple[str, str]]:
-    with ServerThread(create_app(Settings(), make_model(tokenizer, keyword=False))) as plain_srv, \
-            ServerThread(create_app(Settings(), keyword_model(tokenizer))) as keyword_srv:
+    with ServerThread(create_app(lax_settings(), make_model(tokenizer, keyword=False))) as plain_srv, \
+            ServerThread(create_app(lax_settings(), keyword_model(tokenizer))) as keyword_srv:
         yield plain_srv.url, keyword_srv.url
 
 

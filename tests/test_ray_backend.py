@@ -21,7 +21,7 @@ import pytest
 
 from tests import test_server_api as api
 from tests.backends import RayBackend
-from tests.test_server_support import SAFE_PART, SCRIPT
+from tests.test_server_support import SAFE_PART, SCRIPT, lax_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLICA = "x-guardrail-replica"
@@ -35,9 +35,8 @@ def test_server_app_does_not_import_ray() -> None:
 
 @pytest.fixture(scope="module")
 def ray_server(ray_cluster: SimpleNamespace) -> Iterator[SimpleNamespace]:
-    from guardrail.server import Settings
 
-    with RayBackend(ray_cluster).serve(Settings(max_body_bytes=4096)) as running:
+    with RayBackend(ray_cluster).serve(lax_settings(max_body_bytes=4096)) as running:
         yield running
 
 
@@ -202,13 +201,12 @@ def test_autoscaling_up_under_load_and_down_with_session_replay(ray_cluster: Sim
     from ray import serve
 
     from guardrail.client import GuardrailClient
-    from guardrail.server import Settings
     from guardrail.types import GuardConfig
 
     fast = {"upscale_delay_s": 0.5, "downscale_delay_s": 2.0, "metrics_interval_s": 0.5,
             "look_back_period_s": 1.0}
     backend = RayBackend(ray_cluster)
-    with backend.serve(Settings(), delay_s=0.4, replicas=1, min_replicas=1, max_replicas=2,
+    with backend.serve(lax_settings(), delay_s=0.4, replicas=1, min_replicas=1, max_replicas=2,
                        target_ongoing_requests=1, autoscaling=fast) as running, \
             GuardrailClient(running.url, timeout=120, retries=5) as client:
         session = client.session("a story", config=GuardConfig(**api.STRICT))

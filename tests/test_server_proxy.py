@@ -9,8 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from guardrail.server import Settings, create_app
-from tests.test_server_support import SAFE_PART, ServerThread, fake_upstream, free_port, make_model
+from guardrail.server import create_app
+from tests.test_server_support import (
+    SAFE_PART,
+    ServerThread,
+    fake_upstream,
+    free_port,
+    lax_settings,
+    make_model,
+)
 
 STRICT = {"tau": 1, "hold_back": 2, "threshold": 0.5}
 MESSAGES = [{"role": "user", "content": "Tell me a story"}]
@@ -32,7 +39,7 @@ def safe_upstream() -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def proxy(tokenizer: Any, upstream: tuple[ServerThread, list[dict[str, Any]]]) -> Iterator[ServerThread]:
-    settings = Settings(upstream=upstream[0].url + "/v1", upstream_api_key="up-key")
+    settings = lax_settings(upstream=upstream[0].url + "/v1", upstream_api_key="up-key")
     with ServerThread(create_app(settings, make_model(tokenizer))) as srv:
         yield srv
 
@@ -80,7 +87,7 @@ def test_stop_action_sends_no_refusal(proxy: ServerThread) -> None:
 
 
 def test_safe_stream_passes_through_whole(tokenizer: Any, safe_upstream: ServerThread) -> None:
-    settings = Settings(upstream=safe_upstream.url + "/v1")
+    settings = lax_settings(upstream=safe_upstream.url + "/v1")
     with ServerThread(create_app(settings, make_model(tokenizer))) as srv:
         chunks = _stream(srv.url, {"messages": MESSAGES, "stream": True, "guardrail": STRICT})
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
@@ -102,7 +109,7 @@ def test_upstream_errors_are_502(tokenizer: Any, proxy: ServerThread) -> None:
         failed = c.post(proxy.url + "/v1/chat/completions",
                         json={"messages": [{"role": "user", "content": "FAIL"}], "stream": True})
         assert failed.status_code == 502 and "500" in failed.json()["error"]["message"]
-    dead = Settings(upstream=f"http://127.0.0.1:{free_port()}/v1")
+    dead = lax_settings(upstream=f"http://127.0.0.1:{free_port()}/v1")
     with ServerThread(create_app(dead, make_model(tokenizer))) as srv, httpx.Client(timeout=30) as c:
         response = c.post(srv.url + "/v1/chat/completions", json={"messages": MESSAGES})
         assert response.status_code == 502 and "unreachable" in response.json()["error"]["message"]
@@ -128,7 +135,7 @@ def test_official_openai_client_against_proxy(proxy: ServerThread) -> None:
 
 def test_official_openai_client_local_mode(tokenizer: Any) -> None:
     openai = pytest.importorskip("openai")
-    with ServerThread(create_app(Settings(), make_model(tokenizer))) as srv:
+    with ServerThread(create_app(lax_settings(), make_model(tokenizer))) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
         full = client.chat.completions.create(model="guardrail", max_tokens=5,
                                               messages=[{"role": "user", "content": "hi"}])

@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from guardrail.model.engine import SafetyModel
 from guardrail.model.head import HeadConfig, SafetyHead
+from guardrail.server import Settings
 from guardrail.server.background import BackgroundServer, free_port  # noqa: F401  (re-exported for tests)
 from tests.keyword_model import KeywordSafetyModel, _contains  # noqa: F401  (re-exported for tests)
 
@@ -85,3 +86,8 @@ def fake_upstream(script: str = SCRIPT, delay_s: float = 0.005) -> tuple[Starlet
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])]), received
+
+
+def lax_settings(**overrides: Any) -> Settings:
+    """Sidecar settings that accept configs laxer than the server's (tests pin such configs)."""
+    return Settings(allow_request_relaxation=True, **overrides)

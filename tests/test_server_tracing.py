@@ -49,8 +49,8 @@ def test_server_span_joins_the_callers_trace(traced: tuple[httpx.Client, InMemor
     assert "/v1/check" in request_span.name
     own = request_span.context.span_id
     children = {s.name: s for s in spans if s.parent is not None and s.parent.span_id == own}
-    assert {"guardrail.check.tokenize", "guardrail.check.score"} <= set(children)
-    assert children["guardrail.check.score"].attributes["guardrail.items"] == 2
+    assert "guardrail.check" in children
+    assert children["guardrail.check"].attributes["guardrail.items"] == 2
     for s in spans:
         values = [s.name, *dict(s.attributes or {}).values()]
         values += [v for e in s.events for v in (e.name, *dict(e.attributes or {}).values())]

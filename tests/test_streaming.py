@@ -16,7 +16,7 @@ import pytest
 from guardrail import Guard, GuardConfig
 from guardrail.client import AsyncGuardrailClient
 from guardrail.errors import GuardrailViolation
-from guardrail.server import Settings, create_app
+from guardrail.server import create_app
 from guardrail.streaming import (
     DEFAULT_REPLACEMENT,
     anthropic_text,
@@ -27,7 +27,7 @@ from guardrail.streaming import (
     openai_text,
 )
 from tests.oracle import assert_released_before_the_cut, keyword_model, words_of
-from tests.test_server_support import SAFE_PART, SCRIPT, ServerThread
+from tests.test_server_support import SAFE_PART, SCRIPT, ServerThread, lax_settings
 
 TEXT = ["Bread needs", " flour, water,", " salt and", " yeast. Knead", " it well."]
 
@@ -314,7 +314,7 @@ def test_stream_chat_example_runs_with_tracing(guard: Guard, capsys: pytest.Capt
 @pytest.fixture(scope="module")
 def sidecar(tokenizer: Any) -> Iterator[SimpleNamespace]:
     """The real sidecar on loopback, serving the keyword stand-in head."""
-    app = create_app(Settings(), keyword_model(tokenizer))
+    app = create_app(lax_settings(), keyword_model(tokenizer))
     with ServerThread(app) as running:
         yield SimpleNamespace(url=running.url, app=app)
 

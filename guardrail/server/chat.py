@@ -75,7 +75,11 @@ def max_tokens(request: ChatCompletionRequest, limit: int) -> int:
 
 
 class StopScanner:
-    """Cuts text at the first stop sequence; withholds a tail that may still become one."""
+    """Cuts text at the first stop sequence to complete; withholds a tail that may still become one.
+
+    "First" is the one whose last character comes first, as a model generating the text
+    character by character would meet it, so how the text is split changes nothing.
+    """
 
     def __init__(self, stops: list[str]) -> None:
         self.stops = [s for s in stops if s]
@@ -85,9 +89,9 @@ class StopScanner:
     def push(self, text: str) -> tuple[str, bool]:
         """(text safe to emit, whether a stop sequence was reached)."""
         self.pending += text
-        hits = [(i, s) for i, s in ((self.pending.find(s), s) for s in self.stops) if i >= 0]
+        hits = [(i + len(s), i, s) for i, s in ((self.pending.find(s), s) for s in self.stops) if i >= 0]
         if hits:
-            index, self.matched = min(hits)
+            _, index, self.matched = min(hits)
             out, self.pending = self.pending[:index], ""
             return out, True
         keep = 0
