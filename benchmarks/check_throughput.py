@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from _common import emit, machine, parser
 
+from guardrail.model.engine import StepOutput
 from guardrail.model.quantize import QuantizeMode  # first: it quiets torchao's import notices
 
 # isort: split
@@ -139,10 +140,10 @@ def decode(model: SafetyModel, tokens: int) -> float:
     """Greedy next-token steps per second over the KV cache (the base model's own step)."""
     prompt = encode_prompt(model.tokenizer, "Tell me a long story about a lighthouse keeper and a storm.")
     cache = model.new_cache()
-    token = int(model.next_token_logits(cache, prompt).argmax())
+    token = int(_logits(model.step(cache, prompt)).argmax())
     started = time.perf_counter()
     for _ in range(tokens):
-        token = int(model.next_token_logits(cache, [token]).argmax())
+        token = int(_logits(model.step(cache, [token])).argmax())
     return tokens / (time.perf_counter() - started)
 
 
@@ -223,3 +224,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _logits(out: StepOutput) -> torch.Tensor:
+    """The next-token logits of a plain step (no [CLS] query)."""
+    assert out.logits is not None
+    return out.logits

@@ -25,6 +25,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", default=None, help="safety head folder (default: the shipped head)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)")
+    parser.add_argument("--quantize", choices=["auto", "none", "int8"], default="none",
+                        help="int8: faster checks and decoding on CPU (model card); auto: int8 on CPU")
     parser.add_argument("--threshold", type=float, default=None, help="unsafe score threshold")
 
 
@@ -42,7 +44,7 @@ def _guard(args: argparse.Namespace) -> Any:
 
     backend = getattr(args, "backend", None)
     guard = Guard(backend=backend) if backend else Guard(args.model, args.head, device=args.device,
-                                                         dtype=args.dtype)
+                                                         dtype=args.dtype, quantize=args.quantize)
     updates = {
         key: getattr(args, key, None)
         for key in ("threshold", "strategy", "period", "tau", "hold_back", "action", "window")

@@ -22,6 +22,7 @@ from guardrail.types import (
 
 if TYPE_CHECKING:
     from guardrail.model.engine import SafetyModel
+    from guardrail.model.quantize import QuantizeChoice
     from guardrail.protocols import SessionProtocol
 
 
@@ -32,13 +33,14 @@ def load_safety_model(
     device: str | None = "cpu",
     dtype: str | None = None,
     max_context: int | None = None,
+    quantize: QuantizeChoice = "none",
 ) -> SafetyModel:
-    """Load a base model and attach a trained safety head to it."""
+    """Load a base model and attach a trained safety head to it (`quantize="int8"`: int8 CPU path)."""
     from guardrail.model.engine import SafetyModel
     from guardrail.model.head import SafetyHead, default_head_dir
     from guardrail.model.loading import load_model
 
-    loaded = load_model(model, device=device, dtype=dtype)
+    loaded = load_model(model, device=device, dtype=dtype, quantize=quantize)
     head_dir = Path(head) if head is not None else default_head_dir()
     safety_head = SafetyHead.load(head_dir)
     return SafetyModel(loaded.model, loaded.tokenizer, safety_head, name=loaded.name, max_context=max_context)

@@ -18,6 +18,7 @@ from guardrail.types import GenerationEvent, GenerationResult, GuardConfig, Prom
 if TYPE_CHECKING:
     from guardrail.client import GuardrailClient
     from guardrail.model.engine import SafetyModel
+    from guardrail.model.quantize import QuantizeChoice
     from guardrail.protocols import SessionProtocol
 
 EMBEDDED_BACKENDS = (None, "embedded", "local")
@@ -35,6 +36,7 @@ class Guard:
         config: GuardConfig | None = None,
         device: str | None = "cpu",
         dtype: str | None = None,
+        quantize: QuantizeChoice = "none",
         safety_model: SafetyModel | None = None,
         **client_options: Any,
     ) -> None:
@@ -45,7 +47,8 @@ class Guard:
             assert backend is not None
             self._impl = GuardrailClient(backend, config=config, **client_options)
         else:
-            loaded = safety_model or load_safety_model(model, head, device=device, dtype=dtype)
+            loaded = safety_model or load_safety_model(model, head, device=device, dtype=dtype,
+                                                         quantize=quantize)
             self._impl = EmbeddedGuard(loaded, config)
 
     @property

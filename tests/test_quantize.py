@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from guardrail.model.engine import SafetyModel, StepRequest
+from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.loading import ModelLoadError, load_model
 from guardrail.model.masks import ClsQuery
 from guardrail.model.prompts import encode_prompt, encode_text
@@ -122,7 +122,7 @@ def test_quantized_logits_unchanged_with_guard_attached(tiny_int8: SafetyModel) 
     for k, token in enumerate(response):
         seen = len(prompt) + k + 1
         out = model.step(guarded, [token], check=ClsQuery(seen=seen, prompt_len=len(prompt)))
-        base = model.next_token_logits(plain, [token])
+        base = _logits(model.step(plain, [token]))
         assert out.logits is not None and out.score is not None
         torch.testing.assert_close(out.logits, base, rtol=1e-4, atol=1e-4)  # same steps, [CLS] or not
         torch.testing.assert_close(out.logits, full[seen - 1], rtol=1e-3, atol=1e-3)  # one full pass
@@ -216,3 +216,9 @@ def test_default_model_int8_agrees_with_fp32() -> None:
         assert token32 == token8
         assert abs(score32 - score8) < 0.1
     assert results["int8"][0][1] < 0.5 < results["int8"][1][1]
+
+
+def _logits(out: StepOutput) -> torch.Tensor:
+    """The next-token logits of a plain step (no [CLS] query)."""
+    assert out.logits is not None
+    return out.logits

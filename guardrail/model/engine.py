@@ -14,6 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from guardrail.model.quantize import silence_torchao_notices  # noqa: F401  (log filters before transformers imports torchao)
+
+# isort: split
+
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel

@@ -93,7 +93,8 @@ async def _load(state: ServerState) -> None:
 
     s = state.settings
     try:
-        model = await asyncio.to_thread(load_safety_model, s.model, s.head, device=s.device, dtype=s.dtype)
+        model = await asyncio.to_thread(load_safety_model, s.model, s.head, device=s.device, dtype=s.dtype,
+                                            quantize=s.quantize)
     except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.exception("model failed to load")

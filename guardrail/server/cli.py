@@ -14,6 +14,8 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--head", default=None, help="safety head folder (default: the shipped head)")
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     serve.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)")
+    serve.add_argument("--quantize", choices=["auto", "none", "int8"], default="none",
+                       help="int8: faster checks and decoding on CPU (model card); auto: int8 on CPU")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--upstream", default=None,
@@ -76,7 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from guardrail.server.settings import Settings
 
     settings = Settings.from_env(
-        model=args.model, head=args.head, device=args.device, dtype=args.dtype, host=args.host,
+        model=args.model, head=args.head, device=args.device, dtype=args.dtype, quantize=args.quantize,
+        host=args.host,
         port=args.port, upstream=args.upstream, upstream_timeout_s=args.upstream_timeout,
         api_key=args.api_key or os.environ.get("GUARDRAIL_API_KEY"),
         max_sessions=args.max_sessions, session_ttl_s=args.session_ttl, max_batch=args.max_batch,
