@@ -41,6 +41,14 @@ class Verdict(BaseModel):
     threshold: float
     tokens: int = Field(0, description="Tokens the check covered.")
     latency_ms: float = 0.0
+    categories: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-category probabilities (OpenAI moderation names) from the same [CLS] pass; "
+        "empty for a head without category outputs.",
+    )
+    flagged_categories: list[str] = Field(
+        default_factory=list, description="Categories whose probability reached their threshold."
+    )
 
     @property
     def unsafe(self) -> bool:

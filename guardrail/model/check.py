@@ -49,10 +49,16 @@ def fit_check(model: SafetyModel, prompt_ids: list[int], response: str | None,
     return prompt_ids + response_ids, query
 
 
-def verdict_for(score: float, config: GuardConfig, tokens: int, started: float) -> Verdict:
-    """The verdict of one check (the label rule is `guardrail.types.label_for`)."""
+def verdict_for(score: float, config: GuardConfig, tokens: int, started: float,
+                categories: dict[str, float] | None = None,
+                category_thresholds: dict[str, float] | None = None) -> Verdict:
+    """The verdict of one check (the label rule is `guardrail.types.label_for`, per category too)."""
+    categories = categories or {}
+    limits = category_thresholds or {}
+    flagged = [name for name, p in categories.items() if label_for(p, limits.get(name, 0.5)) == "unsafe"]
     return Verdict(label=label_for(score, config.threshold), score=score, threshold=config.threshold,
-                   tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000)
+                   tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000,
+                   categories=categories, flagged_categories=flagged)
 
 
 #: Encodes the i-th check input (a driver may add its own limits, e.g. the server's token budget).
@@ -72,8 +78,11 @@ def checks_plan(model: SafetyModel, items: Sequence[CheckInput], config: GuardCo
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # little padding per pass
     requests = [StepRequest(model.new_cache(), encoded[i][0], encoded[i][1]) for i in order]
     outputs: list[StepOutput] = yield ForwardAll(requests)
-    scores = {i: float(out.score or 0.0) for i, out in zip(order, outputs, strict=True)}
-    return [verdict_for(scores[i], config, query.seen, started) for i, (_, query) in enumerate(encoded)]
+    by_item = dict(zip(order, outputs, strict=True))
+    limits = model.head.category_thresholds
+    return [verdict_for(float(by_item[i].score or 0.0), config, query.seen, started,
+                        by_item[i].categories, limits)
+            for i, (_, query) in enumerate(encoded)]
 
 
 def check_plan(model: SafetyModel, prompt: PromptInput, response: str | None,

@@ -70,6 +70,8 @@ class StepOutput:
     logits: torch.Tensor | None
     score: float | None
     scores: list[float] = field(default_factory=list)
+    categories: dict[str, float] = field(default_factory=dict)
+    """Category probabilities at the last check (empty when the head has no category outputs)."""
 
 
 class SafetyModel(nn.Module):
@@ -221,10 +223,12 @@ class SafetyModel(nn.Module):
         logits_at = [len(token_ids) - 1] if (want_logits and token_ids) else None
         logits, cls_hidden = self.forward_pass(cache, ids, [queries], logits_at=logits_at)
         scores: list[float] = []
+        categories: dict[str, float] = {}
         if cls_hidden is not None:
             scores = [float(p) for p in self.head.unsafe_probability(cls_hidden[0]).reshape(-1)]
+            categories = self.head.category_scores(cls_hidden[0, len(queries) - 1])
         return StepOutput(logits[0, -1] if logits is not None else None, scores[-1] if scores else None,
-                          scores)
+                          scores, categories)
 
     def score_prefixes(
         self,
@@ -324,7 +328,9 @@ class SafetyModel(nn.Module):
                 if r.want_logits and news[b]:
                     logits = self.lm_head(hidden[b, news[b] - 1]).float()
                 scores: list[float] = []
+                categories: dict[str, float] = {}
                 if probabilities is not None and r.checks:
                     scores = [float(p) for p in probabilities[b, : len(r.checks)]]
-                outputs.append(StepOutput(logits, scores[-1] if scores else None, scores))
+                    categories = self.head.category_scores(hidden[b, n_new + len(r.checks) - 1])
+                outputs.append(StepOutput(logits, scores[-1] if scores else None, scores, categories))
         return outputs

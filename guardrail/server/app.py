@@ -22,7 +22,7 @@ from guardrail.server.middleware import (
     MetricsMiddleware,
     RouteLabeler,
 )
-from guardrail.server.routes import chat, check, generate, health, sessions, ui
+from guardrail.server.routes import chat, check, generate, health, moderations, sessions, ui
 from guardrail.server.settings import Settings
 from guardrail.server.state import ServerState
 from guardrail.server.tracing import instrument_app
@@ -71,7 +71,9 @@ def create_app(settings: Settings | None = None, safety_model: SafetyModel | Non
                   description="Token-level safety checks, guarded generation and stream moderation "
                               "with an explicit [CLS] safety signal.")
     app.state.guardrail = state
-    for router in (health.router, check.router, generate.router, sessions.router, chat.router, ui.router):
+    routers = (health.router, check.router, generate.router, sessions.router, chat.router, moderations.router,
+               ui.router)
+    for router in routers:
         app.include_router(router)
     app.mount("/static", ui.static_files(), name="static")
     add_error_handlers(app)

@@ -24,10 +24,10 @@ log = logging.getLogger("guardrail.server")
 async def check_one(state: ServerState, prompt: PromptInput, response: str | None,
                     config: GuardConfig) -> Verdict:
     """Tokenise on the tokenizer thread (413 over the prompt budget), score in a batched pass."""
-    return (await _score(state, [(prompt, response)], config))[0]
+    return (await score_checks(state, [(prompt, response)], config))[0]
 
 
-async def _score(state: ServerState, items: list[tuple[PromptInput, str | None]], config: GuardConfig,
+async def score_checks(state: ServerState, items: list[tuple[PromptInput, str | None]], config: GuardConfig,
                  fields: list[str] | None = None) -> list[Verdict]:
     """Verdicts for (prompt, response) pairs, in order.
 
@@ -66,7 +66,7 @@ async def check_batch(state: ServerState, items: list[CheckItem], config: GuardC
     pairs: list[tuple[PromptInput, str | None]] = [(item.conversation, item.response) for item in items]
     fields = [f"batch.{i}.{'prompt' if item.prompt is not None else 'messages'}"
               for i, item in enumerate(items)]
-    return CheckResults(results=await _score(state, pairs, config, fields))
+    return CheckResults(results=await score_checks(state, pairs, config, fields))
 
 
 @router.post("/v1/check", response_model=Verdict | CheckResults, responses=ERRORS)
@@ -86,5 +86,5 @@ async def check(body: CheckRequest, state: StateDep, request: Request) -> Verdic
     if body.batch is not None:
         return await unless_disconnected(request, check_batch(state, body.batch, config))
     field = "prompt" if body.prompt is not None else "messages"
-    single = _score(state, [(body.conversation, body.response)], config, [field])
+    single = score_checks(state, [(body.conversation, body.response)], config, [field])
     return (await unless_disconnected(request, single))[0]
