@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from guardrail.model.engine import SafetyModel
-from guardrail.model.head import HeadConfig, SafetyHead
 from guardrail.model.loading import default_model_dir
 from tests.backends import BACKENDS, RayBackend, SidecarBackend, UvicornBackend
+from tests.keyword_model import tiny_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,20 +24,7 @@ def tokenizer():  # type: ignore[no-untyped-def]
 
 
 def make_tiny(tokenizer, *, seed: int = 0, max_context: int | None = None) -> SafetyModel:  # type: ignore[no-untyped-def]
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-    )
-    lm = LlamaForCausalLM(config).eval()
-    lm.requires_grad_(False)
-    head = SafetyHead(HeadConfig(hidden_size=32, num_layers=2, adapter_rank=4, classifier_hidden=16))
-    with torch.no_grad():  # non-trivial adapters, so a mask bug would show in the scores
-        head.init_cls_from(lm.get_input_embeddings().weight)
-        for adapter in head.adapters:
-            torch.nn.init.normal_(adapter.up.weight, std=0.5)
-            torch.nn.init.normal_(adapter.bias, std=0.5)
+    lm, head = tiny_parts(tokenizer, seed=seed, lively_adapters=True)
     return SafetyModel(lm, tokenizer, head, name="tiny", max_context=max_context)
 
 
@@ -81,3 +68,20 @@ def backend(request: pytest.FixtureRequest, tokenizer: object) -> SidecarBackend
     if request.param == "ray":
         return RayBackend(request.getfixturevalue("ray_cluster"))
     return UvicornBackend(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def real_sidecar() -> Iterator[object]:
+    """`guardrail serve` with its defaults (default model, shipped head) on loopback, once ready."""
+    import httpx
+
+    from guardrail.server import Settings, create_app
+    from tests.test_server_support import ServerThread
+
+    with ServerThread(create_app(Settings())) as srv:
+        deadline = time.time() + 180
+        with httpx.Client(base_url=srv.url) as c:
+            while c.get("/readyz").status_code != 200:
+                assert time.time() < deadline, "model did not load"
+                time.sleep(0.2)
+        yield srv

@@ -60,20 +60,35 @@ def _contains(seq: list[int], sub: list[int]) -> bool:
     return any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
 
 
-def make_keyword_model(tokenizer: Any, *, seed: int = 0,
-                       max_context: int | None = None) -> KeywordSafetyModel:
-    """A 2-layer random Llama with the keyword head, on the given tokenizer."""
+def tiny_parts(tokenizer: Any, *, seed: int = 0, max_positions: int = 512, init_cls: bool = True,
+               lively_adapters: bool = False) -> tuple[LlamaForCausalLM, SafetyHead]:
+    """A 2-layer random Llama on the given tokenizer and a [CLS] head for it: the tests' tiny model.
+
+    `lively_adapters` gives the [CLS] adapters non-trivial weights, so a mask bug shows in scores.
+    """
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
     )
     lm = LlamaForCausalLM(config).eval()
     lm.requires_grad_(False)
     head = SafetyHead(HeadConfig(hidden_size=32, num_layers=2, adapter_rank=4, classifier_hidden=16))
     with torch.no_grad():
-        head.init_cls_from(lm.get_input_embeddings().weight)
+        if init_cls:
+            head.init_cls_from(lm.get_input_embeddings().weight)
+        if lively_adapters:
+            for adapter in head.adapters:
+                torch.nn.init.normal_(adapter.up.weight, std=0.5)
+                torch.nn.init.normal_(adapter.bias, std=0.5)
+    return lm, head
+
+
+def make_keyword_model(tokenizer: Any, *, seed: int = 0,
+                       max_context: int | None = None) -> KeywordSafetyModel:
+    """A 2-layer random Llama with the keyword head, on the given tokenizer."""
+    lm, head = tiny_parts(tokenizer, seed=seed)
     model = KeywordSafetyModel(lm, tokenizer, head, name="keyword", max_context=max_context)
     ids = tokenizer(UNSAFE_WORD, add_special_tokens=False)["input_ids"]
     model.keyword_ids = [[int(i) for i in ids]]

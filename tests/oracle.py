@@ -18,12 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
-from guardrail.model.head import HeadConfig, SafetyHead
+from guardrail.model.head import SafetyHead
 from guardrail.types import GuardConfig
+from tests.keyword_model import tiny_parts
 
 KEYWORD = " bomb"
 FLAGGED, CLEAN = 0.99, 0.01
@@ -119,16 +117,7 @@ def _step_kwargs(request: StepRequest) -> dict[str, Any]:
 
 
 def _parts(tokenizer: Any, seed: int) -> tuple[Any, SafetyHead]:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-    )
-    lm = LlamaForCausalLM(config).eval()
-    lm.requires_grad_(False)
-    head = SafetyHead(HeadConfig(hidden_size=32, num_layers=2, adapter_rank=4, classifier_hidden=16))
-    return lm, head
+    return tiny_parts(tokenizer, seed=seed, max_positions=1024, init_cls=False)
 
 
 def keyword_model(tokenizer: Any, *, span: int | None = None, keyword: str = KEYWORD,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,17 +55,6 @@ def test_bad_inputs_answer_4xx_naming_the_field(keyword_sidecar: ServerThread) -
                               headers={"content-type": "application/json"})
         assert surrogate.status_code == 422 and "input" in surrogate.text
         assert http.get("/healthz").status_code == 200
-
-
-@pytest.fixture(scope="module")
-def real_sidecar() -> Iterator[ServerThread]:
-    with ServerThread(create_app(Settings())) as srv:
-        deadline = time.time() + 180
-        with httpx.Client(base_url=srv.url) as c:
-            while c.get("/readyz").status_code != 200:
-                assert time.time() < deadline, "model did not load"
-                time.sleep(0.2)
-        yield srv
 
 
 @pytest.mark.model

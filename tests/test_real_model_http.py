@@ -9,15 +9,12 @@ in a session, whatever the chunking, and nothing after the cut reaches the reade
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from guardrail.client import GuardrailClient
 from guardrail.model.head import default_head_dir
-from guardrail.server import Settings, create_app
 from guardrail.types import ChunkVerdict, Verdict
 from tests.oracle import words_of
 from tests.test_server_support import ServerThread
@@ -55,15 +52,9 @@ AFTER_THE_CUT = ("powder", "fuse", "end caps")
 
 
 @pytest.fixture(scope="module")
-def sidecar() -> Iterator[ServerThread]:
-    """`guardrail serve` with its defaults: the default model and shipped head, loaded in the background."""
-    with ServerThread(create_app(Settings())) as srv:
-        deadline = time.time() + 180
-        with httpx.Client(base_url=srv.url) as c:
-            while c.get("/readyz").status_code != 200:
-                assert time.time() < deadline, "model did not load"
-                time.sleep(0.2)
-        yield srv
+def sidecar(real_sidecar: ServerThread) -> ServerThread:
+    """`guardrail serve` with its defaults: the default model and shipped head (shared fixture)."""
+    return real_sidecar
 
 
 @pytest.fixture(scope="module")

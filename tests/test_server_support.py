@@ -8,18 +8,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import torch
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from guardrail.model.engine import SafetyModel
-from guardrail.model.head import HeadConfig, SafetyHead
 from guardrail.server import Settings
 from guardrail.server.background import BackgroundServer, free_port  # noqa: F401  (re-exported for tests)
-from tests.keyword_model import KeywordSafetyModel, _contains  # noqa: F401  (re-exported for tests)
+from tests.keyword_model import KeywordSafetyModel, _contains, tiny_parts  # noqa: F401  (re-exported for tests)
 
 UNSAFE_WORD = " bomb"
 SCRIPT = ("Sure, I can help with that. Here is a short story about a dog and a red ball in the park."
@@ -28,20 +25,7 @@ SAFE_PART = SCRIPT[: SCRIPT.index(" Then the bomb")]
 
 
 def make_model(tokenizer: Any, *, keyword: bool = True, seed: int = 0) -> SafetyModel:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-    )
-    lm = LlamaForCausalLM(config).eval()
-    lm.requires_grad_(False)
-    head = SafetyHead(HeadConfig(hidden_size=32, num_layers=2, adapter_rank=4, classifier_hidden=16))
-    with torch.no_grad():
-        head.init_cls_from(lm.get_input_embeddings().weight)
-        for adapter in head.adapters:
-            torch.nn.init.normal_(adapter.up.weight, std=0.5)
-            torch.nn.init.normal_(adapter.bias, std=0.5)
+    lm, head = tiny_parts(tokenizer, seed=seed, lively_adapters=True)
     cls = KeywordSafetyModel if keyword else SafetyModel
     model = cls(lm, tokenizer, head, name="tiny")
     if keyword:
