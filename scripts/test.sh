@@ -6,6 +6,7 @@ bash scripts/bootstrap.sh dev   # idempotent: a no-op when everything is install
 bash scripts/install_browser.sh || echo "could not install Chromium: the chat page browser test will skip" >&2
 .venv/bin/ruff check guardrail tests integrations benchmarks examples
 .venv/bin/mypy guardrail
+.venv/bin/mypy integrations/langchain/langchain_guardrail
 # The suite runs a sidecar process beside the test process; one intra-op thread each avoids
 # the thread oversubscription that makes both crawl on a 2-core machine.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
