@@ -13,8 +13,9 @@ run measures the API, not the head). Two kinds of cases:
   characters), wrong content types and encodings, wrong methods, odd query strings and session
   ids, mangled keys; each must answer a 4xx that its route's schema documents, with a JSON
   error body, never a 5xx. A status counts as documented only if the operation's own OpenAPI
-  entry lists it; a method or path the schema does not have may answer 404 or 405 (and 401
-  before routing when the key is missing), nothing else.
+  entry lists it; a method or path the schema does not have may answer 404 or 405, or what the
+  checks before routing answer (401 without the key, 413 over the body limit, 400 for a body
+  that is not UTF-8), nothing else.
 
 Figures: cases, server_errors (5xx), schema_violations, alive (the server still answers at
 the end). Target: 0 and 0, alive true.
@@ -48,8 +49,9 @@ KEY = "fuzz-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 MAX_BODY = 65536
 #: What a request for an operation the schema does not have may answer: no such path or method,
-#: or the API key check that runs before routing.
-NO_SUCH_OPERATION = {401, 404, 405}
+#: or one of the checks that run before routing (API key 401, body size 413, invalid UTF-8 400),
+#: which bound the work any request can cause.
+NO_SUCH_OPERATION = {400, 401, 404, 405, 413}
 
 
 class Tally:
