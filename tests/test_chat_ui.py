@@ -66,7 +66,7 @@ def sidecar() -> Iterator[str]:
 def _serve(port: int, env: dict[str, str], log: Any) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "guardrail.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
+         "--log-level", "warning", "--allow-request-relaxation"],  # the page tests pin lax settings
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
