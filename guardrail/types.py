@@ -161,3 +161,7 @@ class ChunkVerdict(BaseModel):
     intercept_index: int | None = None
     tokens: int = Field(0, description="Response tokens seen so far.")
     latency_ms: float = 0.0
+    categories: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-category probabilities at the chunk's last checked pass (empty without categories).",
+    )

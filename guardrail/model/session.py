@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from guardrail.model.check import verdict_for
 from guardrail.model.engine import SafetyModel, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
 from guardrail.model.kvcache import truncate
@@ -57,6 +58,7 @@ class ModerationState:
         self.intercept_index: int | None = None
         self.released_text = ""
         self.last_score = 0.0
+        self.last_categories: dict[str, float] = {}
         self.checks = 0
         self.prompt_verdict: Verdict | None = None
 
@@ -78,11 +80,9 @@ class ModerationState:
         self.checks += 1
         score = float(out.score or 0.0)
         self.last_score = score
-        self.prompt_verdict = Verdict(
-            label=label_for(score, self.config.threshold), score=score,
-            threshold=self.config.threshold, tokens=self.prompt_len,
-            latency_ms=(time.perf_counter() - started) * 1000,
-        )
+        self.last_categories = dict(out.categories)
+        self.prompt_verdict = verdict_for(score, self.config, self.prompt_len, started, out.categories,
+                                          self.model.head.category_thresholds)
         return self.prompt_verdict
 
     def ensure_open(self) -> None:
@@ -119,13 +119,14 @@ class ModerationState:
         return (self.tokens.snapshot(), len(self.response), self.cache, self.cache.get_seq_length(),
                 self.in_cache, (b.total, b.released, b.cleared, b.closed), self.policy.streak,
                 self.schedule._next, self.checked_upto, self.closed, self.intercepted,
-                self.intercept_index, self.released_text, self.last_score, self.checks)
+                self.intercept_index, self.released_text, self.last_score, self.last_categories,
+                self.checks)
 
     def _restore(self, saved: tuple[Any, ...]) -> None:
         """Undo a failed chunk: tokenizer, response, cache, buffer, policy, schedule."""
         (tokens, n_response, self.cache, cache_len, self.in_cache, buffer, self.policy.streak,
          self.schedule._next, self.checked_upto, self.closed, self.intercepted, self.intercept_index,
-         self.released_text, self.last_score, self.checks) = saved
+         self.released_text, self.last_score, self.last_categories, self.checks) = saved
         self.tokens.restore(tokens)
         del self.response[n_response:]
         truncate(self.cache, cache_len)
@@ -156,6 +157,8 @@ class ModerationState:
             out = yield self._request(part, [self._query(p - at) for p in here])
             self.in_cache += len(part)
             at += len(part)
+            if here:
+                self.last_categories = dict(out.categories)
             for position, score in zip(here, out.scores, strict=True):
                 self._apply(position, score, final=final and position == end)
                 if self.closed:
@@ -179,6 +182,7 @@ class ModerationState:
             score=self.last_score, threshold=self.config.threshold, released=newly,
             intercepted=self.intercepted, intercept_index=self.intercept_index,
             tokens=len(self.response), latency_ms=(time.perf_counter() - started) * 1000,
+            categories=self.last_categories,
         )
 
     def _apply(self, position: int, score: float, *, final: bool) -> None:
