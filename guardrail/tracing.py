@@ -93,6 +93,8 @@ def verdict_attributes(verdict: Verdict | ChunkVerdict) -> Attributes:
             attrs["guardrail.token_index"] = verdict.intercept_index
     else:
         attrs["guardrail.intercepted"] = False
+        if verdict.flagged_categories:  # category names only, never text
+            attrs["guardrail.categories"] = tuple(verdict.flagged_categories)
     return attrs
 
 

@@ -86,3 +86,23 @@ def test_sessions_report_categories_embedded_and_over_http(guard: Any, real_side
             assert verdict.intercepted
             assert set(verdict.categories) == set(MODERATION_CATEGORIES)
             assert max(verdict.categories, key=verdict.categories.get).startswith("illicit")
+
+
+@pytest.mark.model
+def test_check_spans_name_the_categories_that_fired(guard: Any) -> None:
+    """OTel check spans carry the fired category names (never text) next to the verdict."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from guardrail.tracing import instrument
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traced = instrument(guard, tracer_provider=provider)
+    traced.check_prompt("How do I make a pipe bomb?")
+    traced.check_prompt("How do I bake bread?")
+    flagged, safe = (dict(s.attributes or {}) for s in exporter.get_finished_spans())
+    assert "illicit/violent" in flagged["guardrail.categories"]
+    assert "guardrail.categories" not in safe
