@@ -147,7 +147,7 @@ def finetune(
         "epochs": epochs,
         "lr": lr,
         "benign_rewordings": benign_rewordings,
-        "trained_groups": {s.group: len(s.samples) for s in train_shards},
+        "trained_groups": _counts(train_shards),
     }
     report["before"] = _held_figures(safety, held, threshold)
     start = {k: v.clone() for k, v in head.state_dict().items() if not k.startswith("categories.")}
@@ -173,3 +173,10 @@ def _held_figures(safety: SafetyModel, held: list[Shard], threshold: float) -> d
     scored = score(safety, prompts)
     out["auroc"] = metrics.auroc(scored.prompt_scores, scored.prompt_labels)
     return out
+
+
+def _counts(shards: list[Shard]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for shard in shards:
+        counts[shard.group] += len(shard.samples)
+    return dict(counts)
