@@ -8,22 +8,15 @@ guard's CPU-bound calls in a worker thread, so the event loop stays free.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 from typing import TypeAlias, cast
 
 from guardrail.protocols import AsyncGuardProtocol, GuardProtocol, PromptInput
+from guardrail.stream.bridge import as_async, is_async_guard
 from guardrail.stream.default import aresolve_guard, resolve_guard
 from guardrail.types import Verdict
 
 AnyGuard: TypeAlias = GuardProtocol | AsyncGuardProtocol
 """A guard of either kind, as the `guard` fields accept it."""
-
-
-def is_async_guard(guard: AnyGuard) -> bool:
-    """Whether `guard`'s methods are coroutines (the async sidecar client and its wrappers)."""
-    return inspect.iscoroutinefunction(getattr(guard, "check_prompt", None)) or inspect.isasyncgenfunction(
-        getattr(guard, "generate", None))
 
 
 def sync_guard(guard: AnyGuard | None) -> GuardProtocol:
@@ -41,12 +34,9 @@ async def async_guard(guard: AnyGuard | None) -> AnyGuard:
 
 
 async def acheck_prompt(guard: AnyGuard, prompt: PromptInput) -> Verdict:
-    if is_async_guard(guard):
-        return await cast(AsyncGuardProtocol, guard).check_prompt(prompt)
-    return await asyncio.to_thread(cast(GuardProtocol, guard).check_prompt, prompt)
+    """Await an async guard's check; run a sync guard's in a worker thread (`as_async`)."""
+    return await as_async(guard).check_prompt(prompt)
 
 
 async def acheck_response(guard: AnyGuard, prompt: PromptInput, response: str) -> Verdict:
-    if is_async_guard(guard):
-        return await cast(AsyncGuardProtocol, guard).check_response(prompt, response)
-    return await asyncio.to_thread(cast(GuardProtocol, guard).check_response, prompt, response)
+    return await as_async(guard).check_response(prompt, response)
