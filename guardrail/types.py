@@ -5,8 +5,8 @@ One set of types keeps the embedded `Guard` and the sidecar client interchangeab
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,7 @@ Label = Literal["safe", "unsafe"]
 Strategy = Literal["each", "first", "periodic", "annealing"]
 Action = Literal["refuse", "stop"]
 Role = Literal["system", "user", "assistant"]
+CategoryAction = Literal["block", "flag", "allow"]
 
 
 class ChatMessage(BaseModel):
@@ -47,12 +48,62 @@ class Verdict(BaseModel):
         "empty for a head without category outputs.",
     )
     flagged_categories: list[str] = Field(
-        default_factory=list, description="Categories whose probability reached their threshold."
+        default_factory=list,
+        description="Categories whose probability reached their threshold (action flag or block).",
+    )
+    blocked_categories: list[str] = Field(
+        default_factory=list,
+        description="Fired categories whose action is block: each makes the verdict unsafe on its own.",
     )
 
     @property
     def unsafe(self) -> bool:
         return self.label == "unsafe"
+
+
+class CategoryRule(BaseModel):
+    """What one category does when its probability reaches its threshold.
+
+    `flag` reports it (the default for every category), `block` also makes the check unsafe
+    on its own, `allow` neither reports nor acts. The binary gate stays whatever the rules say:
+    a rule can add reasons to stop, never remove the binary verdict's.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    action: CategoryAction = "flag"
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="None: the head's calibrated threshold for this category."
+    )
+
+
+DEFAULT_CATEGORY_RULE = CategoryRule()
+
+
+class CategoryOutcome(NamedTuple):
+    """Which categories fired at one check, under a config's rules."""
+
+    flagged: list[str]
+    blocked: list[str]
+
+
+def categories_fired(
+    scores: Mapping[str, float],
+    thresholds: Mapping[str, float],
+    rules: Mapping[str, CategoryRule],
+) -> CategoryOutcome:
+    """The one category rule: fired when the probability reaches the rule's (or the head's) threshold."""
+    flagged: list[str] = []
+    blocked: list[str] = []
+    for name, probability in scores.items():
+        rule = rules.get(name, DEFAULT_CATEGORY_RULE)
+        if rule.action == "allow":
+            continue
+        limit = rule.threshold if rule.threshold is not None else thresholds.get(name, 0.5)
+        if label_for(probability, limit) == "unsafe":
+            flagged.append(name)
+            if rule.action == "block":
+                blocked.append(name)
+    return CategoryOutcome(flagged, blocked)
 
 
 class GuardConfig(BaseModel):
@@ -71,14 +122,22 @@ class GuardConfig(BaseModel):
         None, ge=1, description="[CLS] sees only this many most recent response tokens."
     )
     check_prompt: bool = True
+    categories: dict[str, CategoryRule] = Field(
+        default_factory=dict,
+        description="Per-category rules by category name (threshold and action); unnamed categories flag "
+        "at the head's calibrated thresholds.",
+    )
 
     def overriding(self, base: GuardConfig) -> GuardConfig:
         """`base` with only the fields this config set explicitly replaced.
 
         A client that sends `{"tau": 5}` keeps the server's calibrated threshold: a partial
-        config overrides the fields it names and nothing else.
+        config overrides the fields it names and nothing else. Category rules merge by name.
         """
-        return base.model_copy(update={name: getattr(self, name) for name in self.model_fields_set})
+        update = {name: getattr(self, name) for name in self.model_fields_set}
+        if "categories" in update:
+            update["categories"] = {**base.categories, **self.categories}
+        return base.model_copy(update=update)
 
 
 def merge_config(base: GuardConfig, override: GuardConfig | None) -> GuardConfig:
@@ -102,6 +161,9 @@ class ScoreEvent(BaseModel):
     score: float
     unsafe: bool
     streak: int = Field(description="Consecutive unsafe checks so far.")
+    categories: dict[str, float] = Field(default_factory=dict, description="Per-category probabilities.")
+    flagged_categories: list[str] = Field(default_factory=list)
+    blocked_categories: list[str] = Field(default_factory=list)
 
 
 class InterceptEvent(BaseModel):
@@ -112,6 +174,9 @@ class InterceptEvent(BaseModel):
     score: float
     action: Action
     stage: Literal["prompt", "response"] = "response"
+    flagged_categories: list[str] = Field(
+        default_factory=list, description="Categories that fired at the check that cut the stream."
+    )
 
 
 class Usage(BaseModel):
@@ -134,6 +199,9 @@ class DoneEvent(BaseModel):
     intercept_index: int | None = None
     usage: Usage = Field(default_factory=Usage)
     timings: Timings = Field(default_factory=Timings)
+    flagged_categories: list[str] = Field(
+        default_factory=list, description="Every category that fired at any check of this generation."
+    )
 
 
 GenerationEvent = Annotated[TokenEvent | ScoreEvent | InterceptEvent | DoneEvent, Field(discriminator="type")]
@@ -148,6 +216,9 @@ class GenerationResult(BaseModel):
     score: float | None = None
     usage: Usage = Field(default_factory=Usage)
     timings: Timings = Field(default_factory=Timings)
+    flagged_categories: list[str] = Field(
+        default_factory=list, description="Every category that fired at any check of this generation."
+    )
 
 
 class ChunkVerdict(BaseModel):
@@ -164,4 +235,10 @@ class ChunkVerdict(BaseModel):
     categories: dict[str, float] = Field(
         default_factory=dict,
         description="Per-category probabilities at the chunk's last checked pass (empty without categories).",
+    )
+    flagged_categories: list[str] = Field(
+        default_factory=list, description="Categories that fired at any check of this chunk."
+    )
+    blocked_categories: list[str] = Field(
+        default_factory=list, description="Fired categories whose action is block (unsafe on their own)."
     )

@@ -15,7 +15,7 @@ from guardrail.model.engine import StepOutput, StepRequest
 from guardrail.model.masks import ClsQuery
 from guardrail.model.plans import ForwardAll, Plan, Tokenize, run_in_place
 from guardrail.model.prompts import PromptInput, clean_text, encode_prompt, encode_text, fit_prompt
-from guardrail.types import GuardConfig, Verdict, label_for
+from guardrail.types import GuardConfig, Verdict, categories_fired, label_for
 
 if TYPE_CHECKING:
     from guardrail.model.engine import SafetyModel
@@ -52,13 +52,18 @@ def fit_check(model: SafetyModel, prompt_ids: list[int], response: str | None,
 def verdict_for(score: float, config: GuardConfig, tokens: int, started: float,
                 categories: dict[str, float] | None = None,
                 category_thresholds: dict[str, float] | None = None) -> Verdict:
-    """The verdict of one check (the label rule is `guardrail.types.label_for`, per category too)."""
+    """The verdict of one check: the binary label rule, then the config's category rules.
+
+    Both rules live in `guardrail.types` (`label_for`, `categories_fired`); a fired `block`
+    category makes the verdict unsafe on its own, the binary gate stays as it is.
+    """
     categories = categories or {}
-    limits = category_thresholds or {}
-    flagged = [name for name, p in categories.items() if label_for(p, limits.get(name, 0.5)) == "unsafe"]
-    return Verdict(label=label_for(score, config.threshold), score=score, threshold=config.threshold,
+    fired = categories_fired(categories, category_thresholds or {}, config.categories)
+    label = "unsafe" if fired.blocked else label_for(score, config.threshold)
+    return Verdict(label=label, score=score, threshold=config.threshold,
                    tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000,
-                   categories=categories, flagged_categories=flagged)
+                   categories=categories, flagged_categories=fired.flagged,
+                   blocked_categories=fired.blocked)
 
 
 #: Encodes the i-th check input (a driver may add its own limits, e.g. the server's token budget).

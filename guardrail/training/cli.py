@@ -45,7 +45,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         "--benign-rewordings",
         type=float,
         default=0.0,
-        help="with --finetune-generated: benign requests reworded in the same frames, per request",
+        help="benign requests reworded in the same frames as the malicious ones, per request",
     )
     parser.add_argument(
         "--probe-limit", type=int, default=None, help="with --probe: at most N samples per generated group"
@@ -104,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         quick=args.quick,
         compare=Path(args.compare) if args.compare else None,
         generated_answers=not args.no_generated_answers,
+        benign_rewordings=args.benign_rewordings,
     )
     print(
         json.dumps(

@@ -51,6 +51,7 @@ def run(
     quick: bool = False,
     compare: Path | None = None,
     generated_answers: bool = True,
+    benign_rewordings: float = 0.0,
 ) -> dict[str, Any]:
     started = time.time()
     loaded = load_model(model)
@@ -61,7 +62,7 @@ def run(
         )
     )
     safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
-    recipe = Recipe(seed=seed)
+    recipe = Recipe(seed=seed, benign_rewordings_per_request=benign_rewordings)
     if quick:
         recipe.n_traj_harmful = recipe.n_traj_benign = 16
     if not generated_answers:
