@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardrail.events import collect_result
+from guardrail.moderation import ModerationInput, ModerationResponse, moderation_response, moderation_texts
 from guardrail.types import (
     GenerationEvent,
     GenerationResult,
@@ -83,11 +84,18 @@ class EmbeddedGuard:
         """One verdict per (request, response) pair; the forward passes are batched."""
         return self._checks(list(pairs))
 
-    def _checks(self, items: Sequence[tuple[PromptInput, str | None]]) -> list[Verdict]:
+    def moderations(self, input: ModerationInput, *, config: GuardConfig | None = None) -> ModerationResponse:
+        """OpenAI's moderation call: each input checked as a request, all in one batched pass."""
+        texts = moderation_texts(input)
+        verdicts = self._checks([(text, None) for text in texts], merge_config(self.config, config))
+        return moderation_response(verdicts, self.model.name)
+
+    def _checks(self, items: Sequence[tuple[PromptInput, str | None]],
+                config: GuardConfig | None = None) -> list[Verdict]:
         """The one-shot check, planned once in the engine: one [CLS] query per conversation, one pass."""
         from guardrail.model.check import run_checks
 
-        return run_checks(self.model, items, self.config) if items else []
+        return run_checks(self.model, items, config or self.config) if items else []
 
     # -- generation -----------------------------------------------------------------------
     def generate(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardrail.embedded import EmbeddedGuard, load_safety_model
+from guardrail.moderation import ModerationInput, ModerationResponse
 from guardrail.types import GenerationEvent, GenerationResult, GuardConfig, PromptInput, Verdict
 
 if TYPE_CHECKING:
@@ -109,6 +110,10 @@ class Guard:
     def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
         """One verdict per (request, response) pair, batched."""
         return self._impl.check_responses(pairs)
+
+    def moderations(self, input: ModerationInput, *, config: GuardConfig | None = None) -> ModerationResponse:
+        """OpenAI's moderation call (`client.moderations.create`): one result per input, in order."""
+        return self._impl.moderations(input, config=config)
 
     # -- generation -----------------------------------------------------------------------------
     def generate(

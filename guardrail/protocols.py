@@ -8,7 +8,7 @@ that drifts from the contract fails mypy rather than a user.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from guardrail.types import (
     ChunkVerdict,
@@ -18,6 +18,9 @@ from guardrail.types import (
     PromptInput,
     Verdict,
 )
+
+if TYPE_CHECKING:
+    from guardrail.moderation import ModerationInput, ModerationResponse
 
 __all__ = [
     "AsyncGuardProtocol",
@@ -64,6 +67,10 @@ class GuardProtocol(Protocol):
 
     def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]: ...
 
+    def moderations(
+        self, input: ModerationInput, *, config: GuardConfig | None = None
+    ) -> ModerationResponse: ...
+
     def generate(
         self,
         prompt: PromptInput,
@@ -95,6 +102,10 @@ class AsyncGuardProtocol(Protocol):
     async def check_prompts(self, prompts: Sequence[PromptInput]) -> list[Verdict]: ...
 
     async def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]: ...
+
+    async def moderations(
+        self, input: ModerationInput, *, config: GuardConfig | None = None
+    ) -> ModerationResponse: ...
 
     def generate(
         self,

@@ -5,7 +5,7 @@ that records, following the GenAI semantic conventions:
 
 - a span per check, named `{gen_ai.operation.name} {gen_ai.request.model}`, with operations
   `guardrail.check_prompt`, `guardrail.check_response` (and `guardrail.check_prompts`,
-  `guardrail.check_responses` for batches),
+  `guardrail.check_responses` for batches, `guardrail.moderations` for the OpenAI-shaped call),
 - a span per moderation session (`guardrail.session`) with a child span per chunk
   (`guardrail.session.chunk`, `guardrail.session.close`) and an event at the interception,
 - a span per guarded generation (operation `chat`) with an event at the interception,
@@ -13,8 +13,10 @@ that records, following the GenAI semantic conventions:
   `guardrail.check.duration` histogram and `gen_ai.client.operation.duration`, in seconds.
 
 Every span has `gen_ai.provider.name` = "guardrail" and `gen_ai.operation.name`; attributes
-carry score, label, threshold, strategy, latency, tokens checked and the token index of a cut;
-never the prompt or the response, unless `capture_content=True` (or `GUARDRAIL_TRACE_CONTENT=1`).
+carry score, label, threshold, strategy, latency, tokens checked, the token index of a cut and
+`guardrail.categories` (the names of the categories that fired, on checks, moderations, session
+chunks, sessions and generations); never the prompt or the response, unless
+`capture_content=True` (or `GUARDRAIL_TRACE_CONTENT=1`).
 The sidecar clients inject the span's W3C trace context into their requests, so server spans
 join the caller's trace. OpenTelemetry is optional: without `opentelemetry-api` everything here
 is a pass-through.
@@ -29,6 +31,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from guardrail.events import ResultCollector
+from guardrail.moderation import ModerationInput, ModerationResponse, fired_categories
 from guardrail.protocols import AsyncGuardProtocol, AsyncSessionProtocol, GuardProtocol, SessionProtocol
 from guardrail.stream.bridge import AnyGuard, is_async_guard
 from guardrail.types import (
@@ -42,6 +45,9 @@ from guardrail.types import (
     ScoreEvent,
     Verdict,
 )
+
+CATEGORIES = "guardrail.categories"
+"""The span attribute naming the categories that fired: names only, never text."""
 
 INSTRUMENTATION_NAME = "guardrail"
 PROVIDER = "guardrail"
@@ -93,9 +99,13 @@ def verdict_attributes(verdict: Verdict | ChunkVerdict) -> Attributes:
             attrs["guardrail.token_index"] = verdict.intercept_index
     else:
         attrs["guardrail.intercepted"] = False
-        if verdict.flagged_categories:  # category names only, never text
-            attrs["guardrail.categories"] = tuple(verdict.flagged_categories)
+    attrs.update(categories_attributes(verdict.flagged_categories))
     return attrs
+
+
+def categories_attributes(names: Sequence[str]) -> Attributes:
+    """`guardrail.categories` when any category fired (absent otherwise): names, never text."""
+    return {CATEGORIES: tuple(dict.fromkeys(names))} if names else {}
 
 
 def _model_name(guard: object) -> str | None:
@@ -112,6 +122,7 @@ class _Result:
 
     verdict: Verdict | ChunkVerdict | None = None
     verdicts: Sequence[Verdict] = ()
+    moderation: ModerationResponse | None = None
 
 
 class _Telemetry:
@@ -196,6 +207,17 @@ class _Telemetry:
             if result.verdicts:
                 span.set_attribute("guardrail.batch_size", len(result.verdicts))
                 span.set_attribute("guardrail.flagged", sum(v.unsafe for v in result.verdicts))
+            if result.moderation is not None:
+                self.see_moderation(span, operation, result.moderation)
+
+    def see_moderation(self, span: Span, operation: str, response: ModerationResponse) -> None:
+        """A moderations call's span: how many inputs, how many flagged, which categories fired."""
+        flagged = sum(r.flagged for r in response.results)
+        span.set_attributes({"guardrail.batch_size": len(response.results), "guardrail.flagged": flagged,
+                             **categories_attributes(fired_categories(response))})
+        for moderated in response.results:
+            self.checks.add(1, {"gen_ai.operation.name": operation,
+                                "guardrail.label": "unsafe" if moderated.flagged else "safe"})
 
     def open_session(self, prompt: PromptInput, config: GuardConfig | None) -> tuple[Span, Attributes]:
         base = self.base("guardrail.session", config)
@@ -258,6 +280,7 @@ class _GenerationTrace:
             span.add_event("guardrail.intercept", {
                 "guardrail.token_index": event.index, "guardrail.score": float(event.score),
                 "guardrail.action": event.action, "guardrail.stage": event.stage,
+                **categories_attributes(event.flagged_categories),
             })
         elif isinstance(event, DoneEvent):
             span.set_attributes({
@@ -270,6 +293,7 @@ class _GenerationTrace:
             })
             if event.intercept_index is not None:
                 span.set_attribute("guardrail.token_index", event.intercept_index)
+            span.set_attributes(categories_attributes(event.flagged_categories))
             if self.t.capture:
                 span.set_attribute("guardrail.response", event.text)
 
@@ -285,6 +309,7 @@ class _SessionTrace:
         self.action = action
         self.chunks = 0
         self.ended = False
+        self.categories: dict[str, None] = {}  # fired at any chunk, in first-seen order
 
     @contextlib.contextmanager
     def chunk(self, kind: str, chunk: str | bytes | None) -> Iterator[_Result]:
@@ -311,12 +336,14 @@ class _SessionTrace:
                                        else chunk.decode("utf-8", "replace"))
                 span.set_attribute("guardrail.released", verdict.released)
         self.chunks += 1
+        self.categories.update(dict.fromkeys(verdict.flagged_categories))
         self.t.record_check("guardrail.session", verdict)
         if verdict.intercepted:
             self.t.record_intercept("guardrail.session", "stream")
             self.span.add_event("guardrail.intercept", {
                 "guardrail.token_index": verdict.intercept_index or 0,
                 "guardrail.score": float(verdict.score), "guardrail.action": self.action,
+                **categories_attributes(verdict.flagged_categories),
             })
         if verdict.intercepted or kind == "close":
             self.end(verdict)
@@ -327,6 +354,8 @@ class _SessionTrace:
         self.ended = True
         if verdict is not None:
             self.span.set_attributes({**verdict_attributes(verdict), "guardrail.chunks": self.chunks})
+        # the session's span names every category fired at any of its chunks
+        self.span.set_attributes(categories_attributes(list(self.categories)))
         self.span.end()
 
 
@@ -399,6 +428,11 @@ class InstrumentedGuard:
         with self._t.checking("guardrail.check_responses", None, None) as result:
             result.verdicts = verdicts = self._inner.check_responses(pairs)
         return verdicts
+
+    def moderations(self, input: ModerationInput, *, config: GuardConfig | None = None) -> ModerationResponse:
+        with self._t.checking("guardrail.moderations", None, None) as result:
+            result.moderation = moderated = self._inner.moderations(input, config=config)
+        return moderated
 
     def session(self, prompt: PromptInput, *, config: GuardConfig | None = None) -> InstrumentedSession:
         span, base = self._t.open_session(prompt, config)
@@ -490,6 +524,12 @@ class AsyncInstrumentedGuard:
             result.verdicts = verdicts = await self._inner.check_responses(pairs)
         return verdicts
 
+    async def moderations(self, input: ModerationInput, *,
+                          config: GuardConfig | None = None) -> ModerationResponse:
+        with self._t.checking("guardrail.moderations", None, None) as result:
+            result.moderation = moderated = await self._inner.moderations(input, config=config)
+        return moderated
+
     async def session(self, prompt: PromptInput, *,
                       config: GuardConfig | None = None) -> AsyncInstrumentedSession:
         span, base = self._t.open_session(prompt, config)
@@ -554,6 +594,7 @@ __all__ = [
     "AsyncInstrumentedSession",
     "InstrumentedGuard",
     "InstrumentedSession",
+    "categories_attributes",
     "instrument",
     "otel_available",
     "verdict_attributes",

@@ -28,6 +28,7 @@ from guardrail.client.errors import (
     SidecarUnavailableError,
 )
 from guardrail.events import collect_result as _collect
+from guardrail.moderation import ModerationInput, ModerationResponse, moderation_response, moderation_texts
 from guardrail.types import (
     ChunkVerdict,
     GenerationEvent,
@@ -389,6 +390,25 @@ class ClientCore:
         for verdict in verdicts[:1]:
             self.options.learn(verdict, sent)
         return verdicts
+
+    def _moderations_plan(self, input: ModerationInput,
+                          config: GuardConfig | None) -> Plan[ModerationResponse]:
+        """`POST /v1/moderations`. The input is read by the same rule as everywhere (bad input
+        raises `InputError` before any request); the sidecar answers one result per text.
+        Unreachable, each result follows `fail_policy` through the same verdict -> result rule."""
+        texts = moderation_texts(input)
+        body = with_config({"input": input if isinstance(input, str) else texts},
+                           self.options.config_json(config))
+        try:
+            answer = yield Call("POST", "/v1/moderations", body)
+        except SidecarUnavailableError as exc:
+            threshold = self.options.threshold_for(config)
+            return moderation_response([self._fallback(str(exc), threshold) for _ in texts],
+                                       self.options.server_model or "unavailable")
+        moderated = ModerationResponse.model_validate(answer.json())
+        if len(moderated.results) != len(texts):
+            raise SidecarUnavailableError("the sidecar's moderation answer does not match the request")
+        return moderated
 
 
 # -- session replay -------------------------------------------------------------------------------

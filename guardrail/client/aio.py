@@ -26,6 +26,7 @@ from guardrail.client._base import (
 from guardrail.client.errors import GuardrailError, SidecarUnavailableError
 from guardrail.client.sse import aiter_events
 from guardrail.events import ResultCollector
+from guardrail.moderation import ModerationInput, ModerationResponse
 from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, GuardConfig, PromptInput, Verdict
 
 T = TypeVar("T")
@@ -98,6 +99,11 @@ class AsyncGuardrailClient(ClientCore):
     async def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
         """One verdict per (request, response) pair, in one round trip."""
         return await self._run(self._batch_plan(list(pairs)))
+
+    async def moderations(self, input: ModerationInput, *,
+                          config: GuardConfig | None = None) -> ModerationResponse:
+        """OpenAI's moderation call, answered by the sidecar's `/v1/moderations` in one batched pass."""
+        return await self._run(self._moderations_plan(input, config))
 
     # -- generation ---------------------------------------------------------------------------
     async def generate(self, prompt: PromptInput, *, max_new_tokens: int = 128, prefill: str | None = None,

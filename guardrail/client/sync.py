@@ -23,6 +23,7 @@ from guardrail.client._base import (
 )
 from guardrail.client.errors import GuardrailError
 from guardrail.client.sse import iter_events
+from guardrail.moderation import ModerationInput, ModerationResponse
 from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, GuardConfig, PromptInput, Verdict
 
 T = TypeVar("T")
@@ -103,6 +104,10 @@ class GuardrailClient(ClientCore):
     def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
         """One verdict per (request, response) pair, in one round trip."""
         return self._run(self._batch_plan(list(pairs)))
+
+    def moderations(self, input: ModerationInput, *, config: GuardConfig | None = None) -> ModerationResponse:
+        """OpenAI's moderation call, answered by the sidecar's `/v1/moderations` in one batched pass."""
+        return self._run(self._moderations_plan(input, config))
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, prompt: PromptInput, *, max_new_tokens: int = 128, prefill: str | None = None,

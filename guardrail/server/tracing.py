@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from opentelemetry.trace import Tracer, TracerProvider
+    from opentelemetry.trace import Span, Tracer, TracerProvider
 
     from guardrail.server.settings import Settings
 
@@ -54,10 +54,11 @@ def instrument_app(app: FastAPI, settings: Settings,
 
 
 @contextlib.contextmanager
-def span(tracer: Tracer | None, name: str, attributes: dict[str, Any]) -> Iterator[None]:
-    """A child span of the request's when tracing is on; nothing otherwise."""
+def span(tracer: Tracer | None, name: str, attributes: dict[str, Any]) -> Iterator[Span | None]:
+    """A child span of the request's when tracing is on (yielded, for attributes known only at the
+    end, such as `guardrail.categories`: names, never text); None otherwise."""
     if tracer is None:
-        yield
+        yield None
         return
-    with tracer.start_as_current_span(name, attributes=attributes):
-        yield
+    with tracer.start_as_current_span(name, attributes=attributes) as current:
+        yield current

@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 from typing_extensions import TypeIs
 
+from guardrail.moderation import ModerationInput, ModerationResponse
 from guardrail.protocols import AsyncGuardProtocol, AsyncSessionProtocol, GuardProtocol, SessionProtocol
 from guardrail.types import ChunkVerdict, GenerationEvent, GenerationResult, GuardConfig, PromptInput, Verdict
 
@@ -94,6 +95,10 @@ class ThreadedGuard:
             return [await self.check_response(p, r) for p, r in pairs]
         result: list[Verdict] = await asyncio.to_thread(method, pairs)
         return result
+
+    async def moderations(self, input: ModerationInput, *,
+                          config: GuardConfig | None = None) -> ModerationResponse:
+        return await asyncio.to_thread(self.inner.moderations, input, config=config)
 
     async def generate(
         self, prompt: PromptInput, *, max_new_tokens: int = 128, prefill: str | None = None,
