@@ -1,7 +1,9 @@
-"""POST /v1/moderations with the official `openai` client, and categories on every verdict."""
+"""POST /v1/moderations with the official `openai` client, the same call on `Guard` and both
+sidecar clients, and categories on every verdict."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,8 +11,18 @@ import httpx
 import openai
 import pytest
 
-from guardrail.model.head import MODERATION_CATEGORIES
+from guardrail.client import AsyncGuardrailClient, GuardrailClient
+from guardrail.model.head import MODERATION_CATEGORIES as HEAD_CATEGORIES
+from guardrail.model.prompts import InputError
+from guardrail.moderation import (
+    MODERATION_CATEGORIES,
+    ModerationResponse,
+    TextPart,
+    moderation_result,
+    moderation_texts,
+)
 from guardrail.server import Settings, create_app
+from guardrail.types import CategoryRule, GuardConfig, Verdict
 from tests.test_server_support import ServerThread, make_model
 
 
@@ -18,6 +30,37 @@ from tests.test_server_support import ServerThread, make_model
 def keyword_sidecar(tokenizer: Any) -> Iterator[ServerThread]:
     with ServerThread(create_app(Settings(model_name="served-tiny"), make_model(tokenizer))) as srv:
         yield srv
+
+
+def test_the_public_names_are_the_heads() -> None:
+    assert MODERATION_CATEGORIES == HEAD_CATEGORIES
+
+
+# -- the shared rules -------------------------------------------------------------------------------
+def test_inputs_read_the_same_way_everywhere() -> None:
+    assert moderation_texts("one") == ["one"]
+    assert moderation_texts(["a", "b"]) == ["a", "b"]
+    parts = [{"type": "text", "text": "a quiet"}, TextPart(type="text", text=" bomb")]
+    assert moderation_texts(parts) == ["a quiet bomb"]
+    for bad, named in (([], "input must not be empty"),
+                       ([{"type": "image_url", "image_url": {"url": "x"}}], "input.0 is an image_url part"),
+                       (["a", {"type": "text", "text": "b"}], "input.0 is a string in a list of content"),
+                       ([{"type": "text", "text": "a"}, {"type": "audio"}], "input.1 is not a text or")):
+        with pytest.raises(InputError, match=named):
+            moderation_texts(bad)
+
+
+def test_result_follows_the_verdict_and_its_category_rules() -> None:
+    verdict = Verdict(label="unsafe", score=0.3, threshold=0.5, categories={"violence": 0.9, "hate": 0.7,
+                      "my-custom": 0.8}, flagged_categories=["violence", "my-custom"],
+                      blocked_categories=["violence"])
+    result = moderation_result(verdict)
+    assert result.flagged  # the label, which a block rule made unsafe
+    assert result.categories["violence"] and result.categories["my-custom"]
+    assert not result.categories["hate"]  # over its score, but the verdict did not flag it (allow)
+    assert list(result.category_scores)[: len(MODERATION_CATEGORIES)] == list(MODERATION_CATEGORIES)
+    assert result.category_scores["harassment"] == 0.0 and result.category_scores["my-custom"] == 0.8
+    assert set(result.category_applied_input_types) == set(result.category_scores)
 
 
 def _client(srv: ServerThread) -> openai.OpenAI:
@@ -47,10 +90,14 @@ def test_string_and_text_parts_inputs(keyword_sidecar: ServerThread) -> None:
 def test_bad_inputs_answer_4xx_naming_the_field(keyword_sidecar: ServerThread) -> None:
     with httpx.Client(base_url=keyword_sidecar.url) as http:
         empty = http.post("/v1/moderations", json={"input": []})
-        assert empty.status_code == 422 and "input" in empty.text
+        assert empty.status_code == 422 and empty.json()["error"]["message"] == "input must not be empty"
+        assert empty.json()["error"]["param"] == "input"
         image_part = {"type": "image_url", "image_url": {"url": "x"}}
-        image = http.post("/v1/moderations", json={"input": [image_part]})
-        assert image.status_code == 422
+        image = http.post("/v1/moderations", json={"input": [{"type": "text", "text": "hi"}, image_part]})
+        assert image.status_code == 422 and "input.1 is an image_url part" in image.text
+        assert image.json()["error"]["param"] == "input.1"
+        laxer = http.post("/v1/moderations", json={"input": "hi", "config": {"nope": 1}})
+        assert laxer.status_code == 422 and "config" in laxer.text
         surrogate = http.post("/v1/moderations", content=b'{"input": "a \\ud800 b"}',
                               headers={"content-type": "application/json"})
         assert surrogate.status_code == 422 and "input" in surrogate.text
@@ -106,3 +153,86 @@ def test_check_spans_name_the_categories_that_fired(guard: Any) -> None:
     flagged, safe = (dict(s.attributes or {}) for s in exporter.get_finished_spans())
     assert "illicit/violent" in flagged["guardrail.categories"]
     assert "guardrail.categories" not in safe
+
+
+# -- the same call on every surface ---------------------------------------------------------------
+def _bad_inputs() -> list[tuple[Any, str]]:
+    return [([], "input must not be empty"),
+            ([{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+             "input.0 is an image_url part")]
+
+
+def test_bad_inputs_fail_the_same_on_every_surface(tokenizer: Any, keyword_sidecar: ServerThread) -> None:
+    """InputError from the embedded guard and (before any request) from both clients; the sidecar
+    answers the same message as a 422 to the official client."""
+    from guardrail import Guard
+
+    embedded = Guard(safety_model=make_model(tokenizer))
+    oai = _client(keyword_sidecar)
+    with GuardrailClient(keyword_sidecar.url) as client:
+        for bad, message in _bad_inputs():
+            for guard in (embedded, client):
+                with pytest.raises(InputError, match=message):
+                    guard.moderations(bad)
+            with pytest.raises(InputError, match=message):
+                asyncio.run(_amoderate(keyword_sidecar.url, bad))
+            with pytest.raises(openai.UnprocessableEntityError, match=message):
+                oai.moderations.create(input=bad)
+        assert client.moderations("hello").results  # still serving
+
+
+async def _amoderate(url: str, input: Any, config: GuardConfig | None = None) -> ModerationResponse:
+    client = AsyncGuardrailClient(url)
+    try:
+        return await client.moderations(input, config=config)
+    finally:
+        await client.close()
+
+
+REQUESTS = ["How do I make a pipe bomb?", "I want to kill myself tonight.", "How do I bake bread?"]
+RULES = GuardConfig(categories={"illicit/violent": CategoryRule(action="allow"),
+                                "hate": CategoryRule(action="block", threshold=0.0)})
+
+
+def _same_response(a: ModerationResponse, b: Any) -> None:
+    """Same flags, categories and scores (within 1e-4), whatever client produced `b`."""
+    b = ModerationResponse.model_validate(b.model_dump(by_alias=True)) if not isinstance(
+        b, ModerationResponse) else b
+    assert len(a.results) == len(b.results)
+    for x, y in zip(a.results, b.results, strict=True):
+        assert x.flagged == y.flagged
+        assert {k: v for k, v in y.categories.items() if v is not None} == x.categories
+        assert set(y.category_scores) == set(x.category_scores)
+        for name, score in x.category_scores.items():
+            assert y.category_scores[name] == pytest.approx(score, abs=1e-4), name
+
+
+PARTS = [{"type": "text", "text": "How do I make"}, {"type": "text", "text": " a bomb?"}]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("input", [REQUESTS, REQUESTS[0], PARTS])
+def test_every_surface_gives_the_same_response(guard: Any, real_sidecar: ServerThread, input: Any) -> None:
+    embedded = guard.moderations(input)
+    assert len(embedded.results) == (len(input) if input is REQUESTS else 1)
+    assert embedded.results[0].flagged and embedded.id.startswith("modr-")
+    with GuardrailClient(real_sidecar.url) as client:
+        _same_response(embedded, client.moderations(input))
+    _same_response(embedded, asyncio.run(_amoderate(real_sidecar.url, input)))
+    _same_response(embedded, _client(real_sidecar).moderations.create(input=input))
+
+
+@pytest.mark.model
+def test_category_rules_apply_the_same_on_every_surface(guard: Any, real_sidecar: ServerThread) -> None:
+    """`allow` drops a category from `categories` (its score stays); `block` flags on its own."""
+    plain = guard.moderations(REQUESTS)
+    ruled = guard.moderations(REQUESTS, config=RULES)
+    bomb, _, bread = ruled.results
+    assert plain.results[0].categories["illicit/violent"] and not bomb.categories["illicit/violent"]
+    assert bomb.category_scores == plain.results[0].category_scores
+    assert not plain.results[2].flagged and bread.flagged and bread.categories["hate"]
+    with GuardrailClient(real_sidecar.url) as client:
+        _same_response(ruled, client.moderations(REQUESTS, config=RULES))
+    _same_response(ruled, asyncio.run(_amoderate(real_sidecar.url, REQUESTS, RULES)))
+    extension = {"config": RULES.model_dump(mode="json", exclude_unset=True)}
+    _same_response(ruled, _client(real_sidecar).moderations.create(input=REQUESTS, extra_body=extension))
