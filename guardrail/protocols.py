@@ -3,6 +3,11 @@
 The embedded `Guard`, the sidecar clients and any wrapper (tracing) implement these
 protocols; decorators, `moderate`, the LangChain package and tracing accept them. A wrapper
 that drifts from the contract fails mypy rather than a user.
+
+`moderations` (OpenAI's moderation call) is part of the typed contract, so every guard of this
+package is proven to have it (`guardrail/_conformance.py`), but not of the runtime `isinstance`
+check: a guard an application wrote before it existed still passes where a guard is validated
+at runtime (the LangChain models' `guard` field), and only a call to `moderations` needs it.
 """
 
 from __future__ import annotations
@@ -67,9 +72,10 @@ class GuardProtocol(Protocol):
 
     def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]: ...
 
-    def moderations(
-        self, input: ModerationInput, *, config: GuardConfig | None = None
-    ) -> ModerationResponse: ...
+    if TYPE_CHECKING:  # a static member only: see the module's note on `moderations`
+        def moderations(
+            self, input: ModerationInput, *, config: GuardConfig | None = None
+        ) -> ModerationResponse: ...
 
     def generate(
         self,
@@ -103,9 +109,10 @@ class AsyncGuardProtocol(Protocol):
 
     async def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]: ...
 
-    async def moderations(
-        self, input: ModerationInput, *, config: GuardConfig | None = None
-    ) -> ModerationResponse: ...
+    if TYPE_CHECKING:  # a static member only: see the module's note on `moderations`
+        async def moderations(
+            self, input: ModerationInput, *, config: GuardConfig | None = None
+        ) -> ModerationResponse: ...
 
     def generate(
         self,

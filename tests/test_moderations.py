@@ -236,3 +236,33 @@ def test_category_rules_apply_the_same_on_every_surface(guard: Any, real_sidecar
     _same_response(ruled, asyncio.run(_amoderate(real_sidecar.url, REQUESTS, RULES)))
     extension = {"config": RULES.model_dump(mode="json", exclude_unset=True)}
     _same_response(ruled, _client(real_sidecar).moderations.create(input=REQUESTS, extra_body=extension))
+
+
+def test_every_guard_has_the_call_and_older_guards_still_conform() -> None:
+    """`moderations` is on every guard of the package (mypy proves the signatures in
+    `guardrail/_conformance.py`); a guard written without it still passes the runtime check."""
+    import inspect
+
+    from guardrail import Guard
+    from guardrail.embedded import EmbeddedGuard
+    from guardrail.protocols import GuardProtocol
+    from guardrail.stream.bridge import ThreadedGuard
+    from guardrail.tracing import AsyncInstrumentedGuard, InstrumentedGuard
+
+    sync_guards = (Guard, EmbeddedGuard, GuardrailClient, InstrumentedGuard)
+    async_guards = (AsyncGuardrailClient, AsyncInstrumentedGuard, ThreadedGuard)
+    for cls in sync_guards + async_guards:
+        assert inspect.iscoroutinefunction(cls.moderations) == (cls in async_guards), cls.__name__
+        assert list(inspect.signature(cls.moderations).parameters) == ["self", "input", "config"]
+
+    class OlderGuard:  # an application's own guard, written before `moderations` existed
+        def check_prompt(self, prompt: Any) -> Any: ...
+        def check_response(self, prompt: Any, response: str) -> Any: ...
+        def check_prompts(self, prompts: Any) -> Any: ...
+        def check_responses(self, pairs: Any) -> Any: ...
+        def generate(self, prompt: Any, **kwargs: Any) -> Any: ...
+        def generate_text(self, prompt: Any, **kwargs: Any) -> Any: ...
+        def session(self, prompt: Any, *, config: Any = None) -> Any: ...
+        def close(self) -> None: ...
+
+    assert isinstance(OlderGuard(), GuardProtocol)
