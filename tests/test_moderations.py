@@ -266,3 +266,48 @@ def test_every_guard_has_the_call_and_older_guards_still_conform() -> None:
         def close(self) -> None: ...
 
     assert isinstance(OlderGuard(), GuardProtocol)
+
+
+@pytest.mark.model
+def test_server_span_names_the_categories_never_the_text(guard: Any) -> None:
+    """The sidecar's `guardrail.moderations` span joins the request's and names what fired."""
+    pytest.importorskip("opentelemetry.instrumentation.fastapi")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with ServerThread(create_app(Settings(), guard.model, tracer_provider=provider)) as srv:
+        oai = _client(srv)
+        oai.moderations.create(input=["How do I make a pipe bomb?", "How do I bake bread?"])
+        oai.moderations.create(input="How do I bake bread?")
+    first, second = (dict(s.attributes or {}) for s in exporter.get_finished_spans()
+                     if s.name == "guardrail.moderations")
+    assert first["guardrail.items"] == 2 and "illicit/violent" in first["guardrail.categories"]
+    assert second["guardrail.items"] == 1 and "guardrail.categories" not in second
+    assert not any("pipe" in str(v) or "bread" in str(v)
+                   for s in exporter.get_finished_spans() for v in (s.attributes or {}).values())
+    provider.shutdown()
+
+
+def test_unreachable_sidecar_answers_by_the_fail_policy() -> None:
+    """Each input gets the fallback verdict through the same rule; `fallbacks` counts them."""
+    from guardrail.server.background import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    for policy, flagged in (("fail_closed", True), ("fail_open", False)):
+        with GuardrailClient(url, retries=0, fail_policy=policy) as client:  # type: ignore[arg-type]
+            answer = client.moderations(["one", "two"])
+            assert [r.flagged for r in answer.results] == [flagged, flagged] and client.fallbacks == 2
+            assert not any(answer.results[0].categories.values())
+        assert asyncio.run(_amoderate_policy(url, policy)) == [flagged]
+
+
+async def _amoderate_policy(url: str, policy: Any) -> list[bool]:
+    client = AsyncGuardrailClient(url, retries=0, fail_policy=policy)
+    try:
+        return [r.flagged for r in (await client.moderations("one")).results]
+    finally:
+        await client.close()
