@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from guardrail.moderation import ModerationResponse, ModerationResult
 from guardrail.types import (
+    CategoryRule,
     ChatMessage,
     ChunkVerdict,
     DoneEvent,
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncGuardrailClient",
+    "CategoryRule",
     "ChatMessage",
     "ChunkVerdict",
     "DoneEvent",
@@ -40,6 +43,8 @@ __all__ = [
     "GuardConfig",
     "GuardrailClient",
     "InterceptEvent",
+    "ModerationResponse",
+    "ModerationResult",
     "ScoreEvent",
     "TokenEvent",
     "Verdict",

@@ -75,6 +75,9 @@ class AwaitingGuard:
     def check_responses(self, pairs: Sequence[tuple[PromptInput, str]]) -> list[Verdict]:
         return self.run(self.inner.check_responses(pairs))  # type: ignore[attr-defined, no-any-return]
 
+    def moderations(self, input: Any, *, config: GuardConfig | None = None) -> Any:
+        return self.run(self.inner.moderations(input, config=config))
+
     def generate(self, prompt: PromptInput, **kwargs: Any) -> Iterator[GenerationEvent]:
         async def collect(events: AsyncIterator[GenerationEvent]) -> list[GenerationEvent]:
             return [event async for event in events]
