@@ -75,15 +75,25 @@ class ClsLayerAdapter(nn.Module):
         return out
 
 
+#: Per-category Platt calibration: probability = sigmoid(scale * logit + bias).
+Calibration = dict[str, tuple[float, float]]
+
+
 class CategoryHead(nn.Module):
     """Multi-label outputs on the same [CLS] row as the binary classifier: one logit per category.
 
     A linear read-out of the [CLS] hidden state, trained on frozen features of the binary
-    head, so adding or retraining a category never changes the binary verdict.
+    head, so adding or retraining a category never changes the binary verdict. Each output
+    carries a Platt calibration (a scale and a bias on its logit, fitted on held-back training
+    examples) so its probability means what it says; (1, 0) leaves a raw sigmoid.
     """
 
     def __init__(
-        self, hidden_size: int, names: tuple[str, ...] | list[str], thresholds: dict[str, float] | None = None
+        self,
+        hidden_size: int,
+        names: tuple[str, ...] | list[str],
+        thresholds: dict[str, float] | None = None,
+        calibration: Calibration | None = None,
     ):
         super().__init__()
         if len(set(names)) != len(names):
@@ -91,18 +101,51 @@ class CategoryHead(nn.Module):
         self.names: tuple[str, ...] = tuple(names)
         self.linear = nn.Linear(hidden_size, len(self.names))
         self.thresholds: dict[str, float] = {name: 0.5 for name in self.names} | (thresholds or {})
+        self.calibration: Calibration = {}
+        self.set_calibration(calibration or {})
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Replace the (scale, bias) of the named outputs; unnamed ones keep theirs."""
+        unknown = set(calibration) - set(self.names)
+        if unknown:
+            raise ValueError(f"calibration for unknown categories: {sorted(unknown)}")
+        merged = {name: (1.0, 0.0) for name in self.names} | self.calibration | calibration
+        for name, (scale, _) in merged.items():
+            if not scale > 0:
+                raise ValueError(f"calibration scale for {name!r} must be positive (keeps the ranking)")
+        self.calibration = {name: (float(a), float(b)) for name, (a, b) in merged.items()}
 
     def logits(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """Raw (uncalibrated) logits, [..., n_categories]."""
         return self.linear(cls_hidden.float())  # type: ignore[no-any-return]
 
+    def calibrated_logits(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        scale = torch.tensor([self.calibration[n][0] for n in self.names], device=cls_hidden.device)
+        bias = torch.tensor([self.calibration[n][1] for n in self.names], device=cls_hidden.device)
+        return self.logits(cls_hidden) * scale + bias
+
+    def probabilities(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """Calibrated independent probabilities, sigmoid(scale * logit + bias) per category."""
+        return torch.sigmoid(self.calibrated_logits(cls_hidden))
+
     def with_output(
-        self, name: str, weight: torch.Tensor, bias: float, threshold: float = 0.5
+        self,
+        name: str,
+        weight: torch.Tensor,
+        bias: float,
+        threshold: float = 0.5,
+        calibration: tuple[float, float] = (1.0, 0.0),
     ) -> CategoryHead:
         """A copy with `name` added (or replaced): the other outputs keep their weights."""
         names = list(self.names)
         if name not in names:
             names.append(name)
-        out = CategoryHead(self.linear.in_features, names, self.thresholds | {name: threshold})
+        out = CategoryHead(
+            self.linear.in_features,
+            names,
+            self.thresholds | {name: threshold},
+            self.calibration | {name: calibration},
+        )
         with torch.no_grad():
             for i, existing in enumerate(self.names):
                 j = names.index(existing)
@@ -153,14 +196,16 @@ class SafetyHead(nn.Module):
         return dict(self.categories.thresholds) if self.categories is not None else {}
 
     def category_logits(self, cls_hidden: torch.Tensor) -> torch.Tensor:
-        """[..., hidden] -> [..., n_categories]; raises if the head has no category outputs."""
+        """Raw logits, [..., hidden] -> [..., n_categories]; raises if the head has no category outputs."""
         if self.categories is None:
             raise ValueError("this head has no category outputs")
         return self.categories.logits(cls_hidden)
 
     def category_probabilities(self, cls_hidden: torch.Tensor) -> torch.Tensor:
-        """Independent (multi-label) probabilities, [..., n_categories], in `category_names` order."""
-        return torch.sigmoid(self.category_logits(cls_hidden))
+        """Calibrated multi-label probabilities, [..., n_categories], in `category_names` order."""
+        if self.categories is None:
+            raise ValueError("this head has no category outputs")
+        return self.categories.probabilities(cls_hidden)
 
     def category_scores(self, cls_hidden: torch.Tensor) -> dict[str, float]:
         """One [CLS] row ([hidden]) -> {category name: probability}; {} when the head has none."""
@@ -199,9 +244,14 @@ class SafetyHead(nn.Module):
             },
             str(directory / CATEGORY_WEIGHTS),
         )
-        meta = {"names": list(self.categories.names), "thresholds": self.categories.thresholds} | (
-            extra or {}
-        )
+        meta = {
+            "names": list(self.categories.names),
+            "thresholds": self.categories.thresholds,
+            "calibration": {
+                name: {"scale": scale, "bias": bias}
+                for name, (scale, bias) in self.categories.calibration.items()
+            },
+        } | (extra or {})
         (directory / CATEGORY_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -218,10 +268,14 @@ class SafetyHead(nn.Module):
 
 
 def load_categories(directory: str | Path, hidden_size: int) -> CategoryHead:
-    """The category outputs saved next to a head."""
+    """The category outputs saved next to a head (files without calibration load uncalibrated)."""
     directory = Path(directory)
     meta = json.loads((directory / CATEGORY_CONFIG).read_text())
-    categories = CategoryHead(hidden_size, meta["names"], meta.get("thresholds"))
+    calibration = {
+        name: (float(row["scale"]), float(row["bias"]))
+        for name, row in (meta.get("calibration") or {}).items()
+    }
+    categories = CategoryHead(hidden_size, meta["names"], meta.get("thresholds"), calibration)
     tensors = load_file(str(directory / CATEGORY_WEIGHTS))
     if tuple(tensors["weight"].shape) != (len(categories.names), hidden_size):
         raise ValueError(f"{directory / CATEGORY_WEIGHTS} does not match {CATEGORY_CONFIG}")
