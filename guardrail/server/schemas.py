@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -272,8 +273,31 @@ class ChatCompletionRequest(ValidUnicode):
         return None
 
 
+def union(*groups: Sequence[str]) -> list[str]:
+    """Names from every group, each once, in the order they first fired."""
+    return list(dict.fromkeys(name for group in groups for name in group))
+
+
+class FiredCategories(BaseModel):
+    """Categories that fired over a stream's checks (a union, in order of first firing)."""
+
+    flagged: list[str] = Field(default_factory=list)
+    blocked: list[str] = Field(default_factory=list)
+
+    def add(self, flagged: Sequence[str], blocked: Sequence[str] = ()) -> None:
+        """Count one check (a `ScoreEvent`'s or a `ChunkVerdict`'s categories)."""
+        self.flagged = union(self.flagged, flagged, blocked)
+        self.blocked = union(self.blocked, blocked)
+
+
 class GuardrailInfo(BaseModel):
-    """The `guardrail` field of a chat completion (and of its last stream chunk)."""
+    """The `guardrail` field of a chat completion (and of its last stream chunk).
+
+    Categories: the prompt's are in `prompt`; `response_flagged_categories` is the union over
+    the answer's checks (with the ones that fired at the cut, when the guard cut it) and
+    `flagged_categories` everything that fired anywhere (prompt, answer, tool calls).
+    Build it with `GuardrailInfo.of(...)`, the one builder the local and proxy modes share.
+    """
 
     intercepted: bool
     intercept: InterceptEvent | None = None
@@ -282,3 +306,28 @@ class GuardrailInfo(BaseModel):
     mode: Literal["local", "proxy"] = "local"
     tool_calls: list[Verdict] | None = Field(
         None, description="Proxy: one verdict per upstream tool call, checked before it is released.")
+    response_flagged_categories: list[str] = Field(
+        default_factory=list,
+        description="Categories that fired at any check of the answer (at the cut included).")
+    response_blocked_categories: list[str] = Field(
+        default_factory=list, description="Those of them whose action is block.")
+    flagged_categories: list[str] = Field(
+        default_factory=list,
+        description="Every category that fired: prompt, answer and tool calls together.")
+
+    @classmethod
+    def of(cls, *, mode: Literal["local", "proxy"], prompt: Verdict | None, checks: int,
+           intercept: InterceptEvent | None = None, response: FiredCategories | None = None,
+           tool_calls: list[Verdict] | None = None) -> GuardrailInfo:
+        """The field from what a stream saw: its prompt verdict, the answer's fired categories,
+        the cut (if any) and the tool calls' verdicts."""
+        response = response or FiredCategories()
+        answer = union(response.flagged, intercept.flagged_categories
+                       if intercept is not None and intercept.stage == "response" else [],
+                       *(v.flagged_categories for v in tool_calls or []))
+        blocked = union(response.blocked, *(v.blocked_categories for v in tool_calls or []))
+        every = union(prompt.flagged_categories if prompt is not None else [], answer,
+                      intercept.flagged_categories if intercept is not None else [])
+        return cls(intercepted=intercept is not None, intercept=intercept, prompt=prompt, checks=checks,
+                   mode=mode, tool_calls=tool_calls, response_flagged_categories=answer,
+                   response_blocked_categories=blocked, flagged_categories=every)
