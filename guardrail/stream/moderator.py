@@ -132,6 +132,15 @@ class StreamModerator:
         return list(self._blocked)
 
     @property
+    def outcome(self) -> ChunkVerdict | None:
+        """The last chunk's verdict with the categories of the whole stream so far: what a
+        summary of the stream (metadata, events) reports."""
+        if self.verdict is None:
+            return None
+        return self.verdict.model_copy(update={"flagged_categories": self.flagged_categories,
+                                               "blocked_categories": self.blocked_categories})
+
+    @property
     def prompt_verdict(self) -> Verdict | None:
         """The session's own check of the request, when the session ran one."""
         verdict = self.session.prompt_verdict
