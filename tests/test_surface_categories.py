@@ -193,3 +193,14 @@ def test_generate_reports_the_prompt_checks_categories(real_sidecar: ServerThrea
     assert "illicit" in first["flagged_categories"]
     _, done = events[-1]
     assert "illicit" in done["flagged_categories"]
+
+
+def test_the_plain_constructor_derives_the_unions_too() -> None:
+    """A caller that builds the field directly (as the proxy did) still reports what fired."""
+    prompt = Verdict(label="safe", score=0.1, threshold=0.5, flagged_categories=["harassment"])
+    cut = InterceptEvent(index=3, score=0.9, action="stop", flagged_categories=["violence"])
+    info = GuardrailInfo(intercepted=True, intercept=cut, prompt=prompt, mode="proxy")
+    assert info.response_flagged_categories == ["violence"]
+    assert info.flagged_categories == ["harassment", "violence"]
+    again = GuardrailInfo.model_validate(info.model_dump(mode="json"))
+    assert again == info  # parsing it back changes nothing

@@ -315,19 +315,28 @@ class GuardrailInfo(BaseModel):
         default_factory=list,
         description="Every category that fired: prompt, answer and tool calls together.")
 
+    @model_validator(mode="after")
+    def _derive_categories(self) -> GuardrailInfo:
+        """The unions follow from the parts, however the field was built: the answer's gets
+        the categories at a response cut and the tool calls'; the whole one gets everything."""
+        calls = self.tool_calls or []
+        cut = self.intercept.flagged_categories if self.intercept is not None else []
+        at_response_cut = cut if self.intercept is not None and self.intercept.stage == "response" else []
+        self.response_flagged_categories = union(self.response_flagged_categories, at_response_cut,
+                                                 *(v.flagged_categories for v in calls))
+        self.response_blocked_categories = union(self.response_blocked_categories,
+                                                 *(v.blocked_categories for v in calls))
+        self.flagged_categories = union(self.prompt.flagged_categories if self.prompt is not None else [],
+                                        self.response_flagged_categories, cut, self.flagged_categories)
+        return self
+
     @classmethod
     def of(cls, *, mode: Literal["local", "proxy"], prompt: Verdict | None, checks: int,
            intercept: InterceptEvent | None = None, response: FiredCategories | None = None,
            tool_calls: list[Verdict] | None = None) -> GuardrailInfo:
-        """The field from what a stream saw: its prompt verdict, the answer's fired categories,
-        the cut (if any) and the tool calls' verdicts."""
+        """The field from what a stream saw: its prompt verdict, the categories that fired at
+        the answer's checks, the cut (if any) and the tool calls' verdicts."""
         response = response or FiredCategories()
-        answer = union(response.flagged, intercept.flagged_categories
-                       if intercept is not None and intercept.stage == "response" else [],
-                       *(v.flagged_categories for v in tool_calls or []))
-        blocked = union(response.blocked, *(v.blocked_categories for v in tool_calls or []))
-        every = union(prompt.flagged_categories if prompt is not None else [], answer,
-                      intercept.flagged_categories if intercept is not None else [])
         return cls(intercepted=intercept is not None, intercept=intercept, prompt=prompt, checks=checks,
-                   mode=mode, tool_calls=tool_calls, response_flagged_categories=answer,
-                   response_blocked_categories=blocked, flagged_categories=every)
+                   mode=mode, tool_calls=tool_calls, response_flagged_categories=response.flagged,
+                   response_blocked_categories=response.blocked)
