@@ -24,7 +24,7 @@ from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
 from guardrail.stream.bridge import AnyGuard, as_async, require_sync
 from guardrail.stream.default import aresolve_guard, resolve_guard, set_default_guard
 from guardrail.stream.moderate import DEFAULT_REPLACEMENT, OnViolation, moderate
-from guardrail.stream.moderator import VerdictHook, judge
+from guardrail.stream.moderator import Replacement, VerdictHook, judge, replacement_text, violation
 from guardrail.stream.prompts import NO_PROMPT, as_prompt
 from guardrail.types import GuardConfig, PromptInput, Verdict
 
@@ -55,7 +55,7 @@ class _Spec:
         prompt_from: Callable[..., Any] | None,
         output_text: Callable[[Any], str | None] | None,
         on_violation: OnViolation,
-        replacement: str,
+        replacement: Replacement,
         chunk_chars: int,
         on_verdict: VerdictHook | None,
     ) -> None:
@@ -108,8 +108,8 @@ class _Spec:
         if not verdict.unsafe:
             return None
         if self.on_violation == "raise":
-            raise GuardrailViolation(verdict, stage=stage)
-        return self.replacement
+            raise violation(verdict, stage)
+        return replacement_text(self.replacement, verdict)
 
     def stream(self, upstream: Any, prompt: PromptInput | None) -> Any:
         return moderate(
@@ -237,7 +237,7 @@ def guarded(
     prompt_from: Callable[..., Any] | None = ...,
     output_text: Callable[[Any], str | None] | None = ...,
     on_violation: OnViolation = ...,
-    replacement: str = ...,
+    replacement: Replacement = ...,
     chunk_chars: int = ...,
     on_verdict: VerdictHook | None = ...,
 ) -> Callable[[F], F]: ...
@@ -255,7 +255,7 @@ def guarded(
     prompt_from: Callable[..., Any] | None = None,
     output_text: Callable[[Any], str | None] | None = None,
     on_violation: OnViolation = "raise",
-    replacement: str = DEFAULT_REPLACEMENT,
+    replacement: Replacement = DEFAULT_REPLACEMENT,
     chunk_chars: int = 0,
     on_verdict: VerdictHook | None = None,
 ) -> Any:
@@ -271,8 +271,10 @@ def guarded(
         computes it instead.
     output_text: how to read the answer's text from a return value; default: a string, a
         message dict's or an object's `content`. Other return values are not checked.
-    on_violation: "raise" raises `GuardrailViolation`; "replace" returns (or, for a stream,
-        yields after the released text) `replacement` and stops.
+    on_violation: "raise" raises `GuardrailViolation` (its message and `verdict` name the
+        categories that fired); "replace" returns (or, for a stream, yields after the
+        released text) `replacement` and stops. `replacement` may be a function of the
+        flagged verdict, e.g. `lambda v: HELP if "self-harm" in v.flagged_categories else NO`.
     chunk_chars: for streams, feed the session once at least this many characters arrived.
     """
     def decorate(target: F) -> F:

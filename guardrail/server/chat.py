@@ -19,7 +19,7 @@ from guardrail.model.decoding import SamplingParams
 from guardrail.model.prompts import encode_prompt, encode_text
 from guardrail.server.errors import APIError
 from guardrail.server.generation import SteppedGeneration
-from guardrail.server.schemas import ChatCompletionRequest, GuardrailInfo
+from guardrail.server.schemas import ChatCompletionRequest, FiredCategories, GuardrailInfo
 from guardrail.server.state import ServerState
 from guardrail.types import (
     DoneEvent,
@@ -114,6 +114,16 @@ def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def prompt_verdict_of(event: ScoreEvent, config: GuardConfig) -> Verdict:
+    """The prompt check's verdict from its score event: the binary label, made unsafe by a
+    fired `block` category as `verdict_for` does, with the categories that fired."""
+    blocked = event.blocked_categories
+    label = "unsafe" if blocked else label_for(event.score, config.threshold)
+    return Verdict(label=label, score=event.score, threshold=config.threshold,
+                   categories=event.categories, flagged_categories=event.flagged_categories,
+                   blocked_categories=blocked)
+
+
 async def local_chat(state: ServerState, request: ChatCompletionRequest,
                      config: GuardConfig) -> AsyncIterator[ChatEvent]:
     """The hosted model answers under strategic decoding; `stop` ends it early."""
@@ -128,6 +138,7 @@ async def local_chat(state: ServerState, request: ChatCompletionRequest,
     scanner = StopScanner(request.stop_sequences)
     released = ""
     checks = 0
+    fired = FiredCategories()
     events = cast(AsyncGenerator[GenerationEvent, None], gen.events())
     try:
         async for event in events:
@@ -140,9 +151,10 @@ async def local_chat(state: ServerState, request: ChatCompletionRequest,
                     break
             elif isinstance(event, ScoreEvent):
                 checks += 1
-                if prompt_verdict is None and event.index == 0:
-                    prompt_verdict = Verdict(label=label_for(event.score, config.threshold),
-                                             score=event.score, threshold=config.threshold)
+                if prompt_verdict is None and checks == 1 and event.index == 0 and config.check_prompt:
+                    prompt_verdict = prompt_verdict_of(event, config)
+                else:
+                    fired.add(event.flagged_categories, event.blocked_categories)
             elif isinstance(event, InterceptEvent):
                 intercept = event
                 state.metrics.intercepts.inc(source="chat")
@@ -155,8 +167,8 @@ async def local_chat(state: ServerState, request: ChatCompletionRequest,
                     reason = "content_filter"
                 else:
                     reason = "length" if usage.completion_tokens >= limit else "stop"
-                info = GuardrailInfo(intercepted=intercept is not None, intercept=intercept,
-                                     prompt=prompt_verdict, checks=usage.checks, mode="local")
+                info = GuardrailInfo.of(mode="local", prompt=prompt_verdict, checks=usage.checks,
+                                        intercept=intercept, response=fired)
                 yield ChatEnd(reason, info, usage_dict(usage.prompt_tokens, usage.completion_tokens))
                 return
     finally:
@@ -166,7 +178,7 @@ async def local_chat(state: ServerState, request: ChatCompletionRequest,
     prompt_tokens, completion_tokens = await state.text.run(lambda: (
         len(encode_prompt(model.tokenizer, messages)),
         len(encode_text(model.tokenizer, released + scanner.matched))))
-    info = GuardrailInfo(intercepted=False, prompt=prompt_verdict, checks=checks, mode="local")
+    info = GuardrailInfo.of(mode="local", prompt=prompt_verdict, checks=checks, response=fired)
     yield ChatEnd("stop", info, usage_dict(prompt_tokens, completion_tokens))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -272,8 +273,31 @@ class ChatCompletionRequest(ValidUnicode):
         return None
 
 
+def union(*groups: Sequence[str]) -> list[str]:
+    """Names from every group, each once, in the order they first fired."""
+    return list(dict.fromkeys(name for group in groups for name in group))
+
+
+class FiredCategories(BaseModel):
+    """Categories that fired over a stream's checks (a union, in order of first firing)."""
+
+    flagged: list[str] = Field(default_factory=list)
+    blocked: list[str] = Field(default_factory=list)
+
+    def add(self, flagged: Sequence[str], blocked: Sequence[str] = ()) -> None:
+        """Count one check (a `ScoreEvent`'s or a `ChunkVerdict`'s categories)."""
+        self.flagged = union(self.flagged, flagged, blocked)
+        self.blocked = union(self.blocked, blocked)
+
+
 class GuardrailInfo(BaseModel):
-    """The `guardrail` field of a chat completion (and of its last stream chunk)."""
+    """The `guardrail` field of a chat completion (and of its last stream chunk).
+
+    Categories: the prompt's are in `prompt`; `response_flagged_categories` is the union over
+    the answer's checks (with the ones that fired at the cut, when the guard cut it) and
+    `flagged_categories` everything that fired anywhere (prompt, answer, tool calls).
+    Build it with `GuardrailInfo.of(...)`, the one builder the local and proxy modes share.
+    """
 
     intercepted: bool
     intercept: InterceptEvent | None = None
@@ -282,3 +306,37 @@ class GuardrailInfo(BaseModel):
     mode: Literal["local", "proxy"] = "local"
     tool_calls: list[Verdict] | None = Field(
         None, description="Proxy: one verdict per upstream tool call, checked before it is released.")
+    response_flagged_categories: list[str] = Field(
+        default_factory=list,
+        description="Categories that fired at any check of the answer (at the cut included).")
+    response_blocked_categories: list[str] = Field(
+        default_factory=list, description="Those of them whose action is block.")
+    flagged_categories: list[str] = Field(
+        default_factory=list,
+        description="Every category that fired: prompt, answer and tool calls together.")
+
+    @model_validator(mode="after")
+    def _derive_categories(self) -> GuardrailInfo:
+        """The unions follow from the parts, however the field was built: the answer's gets
+        the categories at a response cut and the tool calls'; the whole one gets everything."""
+        calls = self.tool_calls or []
+        cut = self.intercept.flagged_categories if self.intercept is not None else []
+        at_response_cut = cut if self.intercept is not None and self.intercept.stage == "response" else []
+        self.response_flagged_categories = union(self.response_flagged_categories, at_response_cut,
+                                                 *(v.flagged_categories for v in calls))
+        self.response_blocked_categories = union(self.response_blocked_categories,
+                                                 *(v.blocked_categories for v in calls))
+        self.flagged_categories = union(self.prompt.flagged_categories if self.prompt is not None else [],
+                                        self.response_flagged_categories, cut, self.flagged_categories)
+        return self
+
+    @classmethod
+    def of(cls, *, mode: Literal["local", "proxy"], prompt: Verdict | None, checks: int,
+           intercept: InterceptEvent | None = None, response: FiredCategories | None = None,
+           tool_calls: list[Verdict] | None = None) -> GuardrailInfo:
+        """The field from what a stream saw: its prompt verdict, the categories that fired at
+        the answer's checks, the cut (if any) and the tool calls' verdicts."""
+        response = response or FiredCategories()
+        return cls(intercepted=intercept is not None, intercept=intercept, prompt=prompt, checks=checks,
+                   mode=mode, tool_calls=tool_calls, response_flagged_categories=response.flagged,
+                   response_blocked_categories=response.blocked)

@@ -12,10 +12,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Literal, overload
 
-from guardrail.errors import GuardrailViolation
 from guardrail.stream.adapters import aclose_iter, anthropic_text, close_iter, openai_text
 from guardrail.stream.bridge import AnyGuard, as_async, require_sync
-from guardrail.stream.moderator import StreamModerator, VerdictHook, judge
+from guardrail.stream.moderator import (
+    Replacement,
+    StreamModerator,
+    VerdictHook,
+    judge,
+    replacement_text,
+    violation,
+)
 from guardrail.types import GuardConfig, PromptInput, Verdict
 
 OnViolation = Literal["raise", "replace"]
@@ -34,7 +40,7 @@ def _as_text(piece: object) -> str | bytes:
 
 
 def _input_outcome(mod: StreamModerator, verdict: Verdict, on_violation: OnViolation,
-                   replacement: str) -> str | None:
+                   replacement: Replacement) -> str | None:
     """Judge the request's verdict: None to go on, the replacement to show, or raise."""
     verdict = judge(verdict, mod.config)
     if mod.on_verdict is not None:
@@ -42,22 +48,22 @@ def _input_outcome(mod: StreamModerator, verdict: Verdict, on_violation: OnViola
     if not verdict.unsafe:
         return None
     if on_violation == "raise":
-        raise GuardrailViolation(verdict, stage="input")
-    return replacement
+        raise violation(verdict, "input")
+    return replacement_text(replacement, verdict)
 
 
-def _ending(mod: StreamModerator, on_violation: OnViolation, replacement: str) -> str | None:
+def _ending(mod: StreamModerator, on_violation: OnViolation, replacement: Replacement) -> str | None:
     """After the loop: the replacement to show for a cut stream, None for a whole one, or raise."""
     if not mod.intercepted:
         return None
     if on_violation == "raise":
         raise mod.violation()
-    return replacement
+    return replacement_text(replacement, mod.verdict)
 
 
 def _moderate_sync(
     stream: Iterable[Any], guard: AnyGuard | None, prompt: PromptInput, config: GuardConfig | None,
-    chunk_chars: int, on_violation: OnViolation, replacement: str, check_input: bool,
+    chunk_chars: int, on_violation: OnViolation, replacement: Replacement, check_input: bool,
     on_verdict: VerdictHook | None,
 ) -> Iterator[str]:
     it = iter(stream)
@@ -87,7 +93,7 @@ def _moderate_sync(
 
 async def _moderate_async(
     stream: AsyncIterable[Any], guard: AnyGuard | None, prompt: PromptInput, config: GuardConfig | None,
-    chunk_chars: int, on_violation: OnViolation, replacement: str, check_input: bool,
+    chunk_chars: int, on_violation: OnViolation, replacement: Replacement, check_input: bool,
     on_verdict: VerdictHook | None,
 ) -> AsyncIterator[str]:
     it = aiter(stream)
@@ -120,7 +126,7 @@ async def _moderate_async(
 def moderate(
     stream: AsyncIterable[str] | AsyncIterable[str | bytes], *, prompt: PromptInput,
     guard: AnyGuard | None = ..., config: GuardConfig | None = ..., on_violation: OnViolation = ...,
-    replacement: str = ..., chunk_chars: int = ..., check_input: bool = ...,
+    replacement: Replacement = ..., chunk_chars: int = ..., check_input: bool = ...,
     on_verdict: VerdictHook | None = ...,
 ) -> AsyncIterator[str]: ...
 
@@ -128,7 +134,7 @@ def moderate(
 @overload
 def moderate(
     stream: Iterable[str] | Iterable[str | bytes], *, prompt: PromptInput, guard: AnyGuard | None = ...,
-    config: GuardConfig | None = ..., on_violation: OnViolation = ..., replacement: str = ...,
+    config: GuardConfig | None = ..., on_violation: OnViolation = ..., replacement: Replacement = ...,
     chunk_chars: int = ..., check_input: bool = ..., on_verdict: VerdictHook | None = ...,
 ) -> Iterator[str]: ...
 
@@ -140,7 +146,7 @@ def moderate(
     guard: AnyGuard | None = None,
     config: GuardConfig | None = None,
     on_violation: OnViolation = "raise",
-    replacement: str = DEFAULT_REPLACEMENT,
+    replacement: Replacement = DEFAULT_REPLACEMENT,
     chunk_chars: int = 0,
     check_input: bool = False,
     on_verdict: VerdictHook | None = None,
@@ -152,7 +158,9 @@ def moderate(
     [CLS] check reads the request together with the answer so far. `guard` is any guard,
     sync or async (an async one needs an async stream). `config` overrides the guard's
     threshold, tau and hold-back for this stream (only the fields it sets); `chunk_chars`
-    coalesces small deltas so that one check covers at least that many characters. With
+    coalesces small deltas so that one check covers at least that many characters.
+    `replacement` may be a function of the flagged verdict (its `flagged_categories` name what
+    fired), e.g. to route self-harm to a help message. With
     `check_input`, a flagged request is refused before the upstream stream is read at all.
     `on_verdict` sees every verdict as it comes.
     """

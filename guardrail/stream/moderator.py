@@ -10,7 +10,7 @@ import codecs
 import contextlib
 from collections.abc import Callable
 
-from guardrail.errors import GuardrailViolation
+from guardrail.errors import GuardrailViolation, Stage
 from guardrail.protocols import AsyncSessionProtocol, SessionProtocol
 from guardrail.stream.bridge import (
     AnyGuard,
@@ -32,12 +32,42 @@ def judge(verdict: Verdict, config: GuardConfig | None) -> Verdict:
 
     `check_prompt` and `check_response` judge with the guard's own threshold; the score is
     the same either way, so a per-call threshold only changes the label. A config that does
-    not name a threshold leaves the guard's (calibrated) one in force.
+    not name a threshold leaves the guard's (calibrated) one in force. A fired `block`
+    category keeps the verdict unsafe whatever the threshold (the category rule acts alone).
     """
     if config is None or "threshold" not in config.model_fields_set or config.threshold == verdict.threshold:
         return verdict
-    return verdict.model_copy(update={"label": label_for(verdict.score, config.threshold),
-                                      "threshold": config.threshold})
+    label = "unsafe" if verdict.blocked_categories else label_for(verdict.score, config.threshold)
+    return verdict.model_copy(update={"label": label, "threshold": config.threshold})
+
+
+def violation_message(verdict: Verdict | ChunkVerdict, stage: Stage) -> str:
+    """What a `GuardrailViolation` says: the stage, the score against the threshold, and the
+    categories that fired (those that block marked), so a log line names the harm."""
+    message = f"guardrail flagged the {stage} (score {verdict.score:.3f}, threshold {verdict.threshold:.3f}"
+    if verdict.flagged_categories:
+        blocked = set(verdict.blocked_categories)
+        names = [f"{name} (block)" if name in blocked else name for name in verdict.flagged_categories]
+        message += "; categories: " + ", ".join(names)
+    return message + ")"
+
+
+def violation(verdict: Verdict | ChunkVerdict, stage: Stage, released: str = "") -> GuardrailViolation:
+    """The exception every guarded surface raises: its verdict and message name the categories."""
+    return GuardrailViolation(verdict, stage=stage, released=released,
+                              message=violation_message(verdict, stage))
+
+
+Replacement = str | Callable[[Verdict | ChunkVerdict], str]
+"""What a flagged answer becomes: fixed text, or text made from the verdict (e.g. naming
+`verdict.flagged_categories`, or routing self-harm to a help message)."""
+
+
+def replacement_text(replacement: Replacement, verdict: Verdict | ChunkVerdict | None) -> str:
+    if isinstance(replacement, str):
+        return replacement
+    assert verdict is not None
+    return replacement(verdict)
 
 
 class StreamModerator:
@@ -73,6 +103,8 @@ class StreamModerator:
         self.on_verdict = on_verdict
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._async: AsyncSessionProtocol | None = None
+        self._flagged: dict[str, None] = {}
+        self._blocked: dict[str, None] = {}
 
     @classmethod
     async def acreate(
@@ -88,6 +120,25 @@ class StreamModerator:
     @property
     def intercepted(self) -> bool:
         return self.verdict is not None and self.verdict.intercepted
+
+    @property
+    def flagged_categories(self) -> list[str]:
+        """Every category that fired at a check of the answer so far, in order of first firing."""
+        return list(self._flagged)
+
+    @property
+    def blocked_categories(self) -> list[str]:
+        """Those of them whose action is block."""
+        return list(self._blocked)
+
+    @property
+    def outcome(self) -> ChunkVerdict | None:
+        """The last chunk's verdict with the categories of the whole stream so far: what a
+        summary of the stream (metadata, events) reports."""
+        if self.verdict is None:
+            return None
+        return self.verdict.model_copy(update={"flagged_categories": self.flagged_categories,
+                                               "blocked_categories": self.blocked_categories})
 
     @property
     def prompt_verdict(self) -> Verdict | None:
@@ -115,6 +166,8 @@ class StreamModerator:
     def _apply(self, verdict: ChunkVerdict) -> str:
         self.verdict = verdict
         self.released += verdict.released
+        self._flagged.update(dict.fromkeys(verdict.flagged_categories))
+        self._blocked.update(dict.fromkeys(verdict.blocked_categories))
         if self.on_verdict is not None:
             self.on_verdict("stream", verdict)
         if verdict.intercepted:
@@ -190,7 +243,8 @@ class StreamModerator:
 
     def violation(self) -> GuardrailViolation:
         assert self.verdict is not None
-        return GuardrailViolation(self.verdict, stage="stream", released=self.released)
+        return violation(self.verdict, "stream", self.released)
 
 
-__all__ = ["StreamModerator", "VerdictHook", "judge"]
+__all__ = ["Replacement", "StreamModerator", "VerdictHook", "judge", "replacement_text", "violation",
+           "violation_message"]

@@ -3,7 +3,9 @@
 // Local mode uses POST /v1/generate (server-sent events token / score / intercept / done),
 // which carries every safety score, the prefill and the guard switch. Proxy mode uses the
 // OpenAI-compatible POST /v1/chat/completions stream; its last chunk says whether and where
-// the guard acted.
+// the guard acted. Both show the harm categories that fired, prompt and answer apart, as
+// badges under the answer: local mode from each score / intercept event, proxy mode from the
+// last chunk's `guardrail` field.
 "use strict";
 
 (function () {
@@ -104,6 +106,12 @@
       this.marker = node.querySelector('[data-role="intercept"]');
       this.spark = node.querySelector('[data-role="spark"]');
       this.summary = node.querySelector('[data-role="summary"]');
+      this.categoryBox = node.querySelector('[data-role="categories"]');
+      this.categoryRows = {
+        prompt: node.querySelector('[data-role="prompt-categories"]'),
+        answer: node.querySelector('[data-role="answer-categories"]'),
+      };
+      this.fired = { prompt: new Map(), answer: new Map() };
       this.threshold = threshold;
       this.guard = guard;
       this.scores = [];
@@ -198,6 +206,35 @@
       announce("The guard intercepted the answer at " + where + ".");
     }
 
+    // Categories that fired, as badges under the answer: `side` is "prompt" or "answer";
+    // a category whose action is block is marked as such. Each name shows once per side.
+    addCategories(side, flagged, blocked) {
+      const seen = this.fired[side];
+      const blocking = new Set(blocked || []);
+      let changed = false;
+      for (const name of (flagged || []).concat(blocked || [])) {
+        const block = blocking.has(name);
+        if (seen.has(name) && (seen.get(name) || !block)) continue;
+        seen.set(name, block);
+        changed = true;
+      }
+      if (!changed) return;
+      const row = this.categoryRows[side];
+      while (row.children.length > 1) row.removeChild(row.lastChild);
+      for (const [name, block] of seen) {
+        const badge = document.createElement("span");
+        badge.className = block ? "badge block" : "badge";
+        badge.dataset.category = name;
+        badge.textContent = block ? name + " (block)" : name;
+        badge.title = (side === "prompt" ? "The prompt" : "The answer") + " fired the category " + name
+          + (block ? "; its rule blocks on its own" : "");
+        row.appendChild(badge);
+      }
+      row.hidden = false;
+      this.categoryBox.hidden = false;
+      this.node.dataset.categories = [...this.fired.prompt.keys(), ...this.fired.answer.keys()].join(" ");
+    }
+
     noGuardNote() {
       this.summary.textContent = "Guard off: no checks ran, the raw answer is shown.";
       this.node.dataset.guard = "off";
@@ -250,11 +287,20 @@
     });
     if (!response.ok) throw new Error(await errorText(response));
     let usage = null;
+    let promptCheck = guard && config.check_prompt;  // the first check reads the prompt alone
     for await (const msg of readSSE(response)) {
       const event = JSON.parse(msg.data);
-      if (msg.event === "token") view.addText(event.index, event.text, view.intercepted);
-      else if (msg.event === "score") view.addScore(event);
-      else if (msg.event === "intercept") view.showIntercept(event);
+      if (msg.event === "token") { promptCheck = false; view.addText(event.index, event.text, view.intercepted); }
+      else if (msg.event === "score") {
+        const side = promptCheck && event.index === 0 ? "prompt" : "answer";
+        promptCheck = false;
+        view.addCategories(side, event.flagged_categories, event.blocked_categories);
+        view.addScore(event);
+      }
+      else if (msg.event === "intercept") {
+        view.addCategories(event.stage === "prompt" ? "prompt" : "answer", event.flagged_categories, []);
+        view.showIntercept(event);
+      }
       else if (msg.event === "done") usage = event.usage;
       else if (msg.event === "error") throw new Error((event.error && event.error.message) || "stream failed");
     }
@@ -277,6 +323,10 @@
       if (chunk.error) throw new Error(chunk.error.message || "upstream failed");
       const choice = (chunk.choices || [])[0] || {};
       const info = chunk.guardrail;
+      if (info && info.prompt) {
+        view.addCategories("prompt", info.prompt.flagged_categories, info.prompt.blocked_categories);
+      }
+      if (info) view.addCategories("answer", info.response_flagged_categories, info.response_blocked_categories);
       if (info && info.intercept) view.showIntercept(info.intercept);
       const content = choice.delta && choice.delta.content;
       if (content) view.addText(view.pieces.length, content, view.intercepted);

@@ -77,17 +77,36 @@ def to_text(value: Any) -> str | None:
     return None
 
 
-def verdict_data(stage: str, verdict: Verdict | ChunkVerdict) -> dict[str, Any]:
-    """A verdict as plain data for callbacks and `response_metadata` (never any text)."""
+def verdict_data(stage: str, verdict: Verdict | ChunkVerdict, *,
+                 prompt: Verdict | None = None) -> dict[str, Any]:
+    """A verdict as plain data for callbacks and `response_metadata` (never any text).
+
+    `flagged_categories` / `blocked_categories` name what fired at this stage; a one-shot
+    check adds its `category_scores`. `prompt`, the request's verdict when an answer's stage is
+    reported, adds `prompt_flagged_categories`, `prompt_blocked_categories` and
+    `prompt_category_scores`, so one record says what fired on both sides.
+    """
     data: dict[str, Any] = {"stage": stage, "label": verdict.label, "score": verdict.score,
                             "threshold": verdict.threshold, "tokens": verdict.tokens,
-                            "latency_ms": verdict.latency_ms}
+                            "latency_ms": verdict.latency_ms,
+                            "flagged_categories": list(verdict.flagged_categories),
+                            "blocked_categories": list(verdict.blocked_categories)}
     if isinstance(verdict, ChunkVerdict):
         data["intercepted"] = verdict.intercepted
         data["intercept_index"] = verdict.intercept_index
     else:
         data["intercepted"] = verdict.unsafe
+        data["category_scores"] = dict(verdict.categories)
+    if prompt is not None and stage != "input":
+        data.update(prompt_categories(prompt))
     return data
+
+
+def prompt_categories(prompt: Verdict) -> dict[str, Any]:
+    """What fired on the request, under `prompt_`-prefixed keys next to an answer's verdict."""
+    return {"prompt_flagged_categories": list(prompt.flagged_categories),
+            "prompt_blocked_categories": list(prompt.blocked_categories),
+            "prompt_category_scores": dict(prompt.categories)}
 
 
 def _has_extras(chunk: BaseMessageChunk) -> bool:
@@ -159,9 +178,12 @@ class ChunkRelay:
     async def afinish(self) -> list[Any]:
         return self.tail(await self.mod.aclose())
 
-    def summary(self) -> dict[str, Any]:
-        """What the moderation concluded, for `response_metadata`."""
-        verdict = self.mod.verdict
+    def summary(self, prompt: Verdict | None = None) -> dict[str, Any]:
+        """What the moderation concluded, for `response_metadata`: the last check, the
+        categories that fired over the whole stream, and the request's (`prompt`)."""
+        verdict = self.mod.outcome
         if verdict is None:
-            return {"stage": "stream", "intercepted": False}
-        return verdict_data("stream", verdict)
+            data: dict[str, Any] = {"stage": "stream", "intercepted": False, "flagged_categories": [],
+                                    "blocked_categories": []}
+            return {**data, **prompt_categories(prompt)} if prompt is not None else data
+        return verdict_data("stream", verdict, prompt=prompt)

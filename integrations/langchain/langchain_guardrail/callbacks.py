@@ -31,13 +31,18 @@ class VerdictRecord:
     run_id: UUID | None = None
     source: str = "runnable"
     data: dict[str, Any] = field(default_factory=dict)
+    flagged_categories: tuple[str, ...] = ()
+    """Categories that fired at this stage (over the whole stream for "stream")."""
+    prompt_flagged_categories: tuple[str, ...] = ()
+    """Categories that fired on the request, when an answer's record carries them."""
 
     @classmethod
     def from_data(cls, data: dict[str, Any], *, run_id: UUID | None, source: str) -> VerdictRecord:
         return cls(stage=str(data.get("stage", "")), label=str(data.get("label", "safe")),
-                   score=float(data.get("score", 0.0)), threshold=float(data.get("threshold", 0.0)),
+                   score=float(data.get("score") or 0.0), threshold=float(data.get("threshold") or 0.0),
                    intercepted=bool(data.get("intercepted", False)), run_id=run_id, source=source,
-                   data=dict(data))
+                   data=dict(data), flagged_categories=tuple(data.get("flagged_categories") or ()),
+                   prompt_flagged_categories=tuple(data.get("prompt_flagged_categories") or ()))
 
 
 class GuardrailCallbackHandler(BaseCallbackHandler):

@@ -4,7 +4,9 @@ Where `GuardrailChatModel` moderates another model's stream, `ChatGuardrail` *is
 each call runs the safety-augmented model's guarded decoding (`Guard.generate`, embedded or on
 a `guardrail serve` sidecar), so every token it emits has already been covered by a safe check.
 The last chunk carries the outcome in `response_metadata["guardrail"]` (and `generation_info`):
-on an interception the cut's token index, score and action, never any text.
+on an interception the cut's token index, score and action, and the categories that fired on
+the answer (`flagged_categories`) and on the request (`prompt_flagged_categories`,
+`prompt_category_scores`), never any text.
 """
 
 from __future__ import annotations
@@ -192,6 +194,9 @@ class _Outcome:
         self.done: DoneEvent | None = None
         self.last_score: float | None = None
         self.checks = 0
+        self.prompt: ScoreEvent | None = None
+        self.fired: dict[str, None] = {}
+        self.blocked: dict[str, None] = {}
 
     def push(self, event: GenerationEvent) -> ChatGenerationChunk | None:
         """Record one event; the chunk of text it releases, if any."""
@@ -201,8 +206,15 @@ class _Outcome:
         if isinstance(event, ScoreEvent):
             self.last_score = event.score
             self.checks += 1
+            if self.checks == 1 and event.index == 0:
+                self.prompt = event  # the prompt check rides in the prompt's pass, before any token
+            else:
+                self.fired.update(dict.fromkeys(event.flagged_categories))
+                self.blocked.update(dict.fromkeys(event.blocked_categories))
         elif isinstance(event, InterceptEvent):
             self.intercept = event
+            if event.stage == "response":
+                self.fired.update(dict.fromkeys(event.flagged_categories))
         elif isinstance(event, DoneEvent):
             self.done = event
         return None
@@ -222,14 +234,30 @@ class _Outcome:
         out, self.pending = self.pending[:n], self.pending[n:]
         return out
 
+    def categories(self) -> dict[str, Any]:
+        """What fired: on the answer's checks (at the cut included) and on the request."""
+        prompt = self.prompt
+        data: dict[str, Any] = {"flagged_categories": list(self.fired),
+                                "blocked_categories": list(self.blocked)}
+        if prompt is not None:
+            data.update(prompt_flagged_categories=list(prompt.flagged_categories),
+                        prompt_blocked_categories=list(prompt.blocked_categories),
+                        prompt_category_scores=dict(prompt.categories))
+        if self.intercept is not None and self.intercept.stage == "prompt":
+            data["flagged_categories"] = list(self.intercept.flagged_categories or
+                                              data.get("prompt_flagged_categories", []))
+            data["blocked_categories"] = list(data.get("prompt_blocked_categories", []))
+        return data
+
     def metadata(self) -> dict[str, Any]:
         threshold = self.config.threshold if self.config is not None else None
         if self.intercept is not None:
             return {"intercepted": True, "stage": "input" if self.intercept.stage == "prompt" else "stream",
                     "label": "unsafe", "index": self.intercept.index, "score": self.intercept.score,
-                    "action": self.intercept.action, "threshold": threshold, "checks": self.checks}
+                    "action": self.intercept.action, "threshold": threshold, "checks": self.checks,
+                    **self.categories()}
         return {"intercepted": False, "stage": "stream", "label": "safe", "score": self.last_score,
-                "threshold": threshold, "checks": self.checks}
+                "threshold": threshold, "checks": self.checks, **self.categories()}
 
     def final_chunk(self) -> ChatGenerationChunk:
         tail = self.pending

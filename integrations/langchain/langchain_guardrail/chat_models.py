@@ -20,8 +20,9 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field
 
-from guardrail.errors import GuardrailViolation, Stage
+from guardrail.errors import Stage
 from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
+from guardrail.stream.moderator import violation
 from guardrail.streaming import (
     DEFAULT_REPLACEMENT,
     NO_PROMPT,
@@ -125,10 +126,10 @@ class GuardrailChatModel(BaseChatModel):
         return messages_to_prompt(messages) or NO_PROMPT
 
     def _refusal(self, stage: Stage, verdict: Verdict, released: str = "",
-                 answer: BaseMessage | None = None) -> AIMessage:
+                 answer: BaseMessage | None = None, prompt: Verdict | None = None) -> AIMessage:
         if self.on_violation == "raise":
-            raise GuardrailViolation(verdict, stage=stage, released=released)
-        metadata: dict[str, Any] = {METADATA_KEY: verdict_data(stage, verdict)}
+            raise violation(verdict, stage, released)
+        metadata: dict[str, Any] = {METADATA_KEY: verdict_data(stage, verdict, prompt=prompt)}
         usage = getattr(answer, "usage_metadata", None) if answer is not None else None
         if answer is not None and "model_name" in answer.response_metadata:
             metadata["model_name"] = answer.response_metadata["model_name"]  # what ran, and was paid for
@@ -137,18 +138,19 @@ class GuardrailChatModel(BaseChatModel):
 
     # -- one plan for sync and async: the drivers below only perform its operations -------------
     def _input_gate(self, prompt: PromptLike, mod: StreamModerator | None) -> Plan[Verdict | None]:
-        """The request's verdict when it is flagged (a session's own prompt check counts)."""
+        """The request's verdict, when it is checked (a session's own prompt check counts)."""
         if not self.check_input:
             return None
         verdict = mod.prompt_verdict if mod is not None else None
         if verdict is None:
             verdict = judge((yield Op("check_prompt", prompt)), self.guard_config)
-        return verdict if verdict.unsafe else None
+        return verdict
 
     def _invoke_plan(self, messages: list[BaseMessage]) -> Plan[AIMessage]:
         prompt = self._prompt(messages)
-        if (flagged := (yield from self._input_gate(prompt, None))) is not None:
-            return self._refusal("input", flagged)
+        request = yield from self._input_gate(prompt, None)
+        if request is not None and request.unsafe:
+            return self._refusal("input", request)
         answer = yield Op("invoke", messages)
         if not isinstance(answer, AIMessage):
             answer = AIMessage(content=answer.text if isinstance(answer, BaseMessage) else str(answer))
@@ -156,16 +158,17 @@ class GuardrailChatModel(BaseChatModel):
             return answer
         verdict = judge((yield Op("check_response", (prompt, answer.text))), self.guard_config)
         if verdict.unsafe:
-            return self._refusal("output", verdict, answer=answer)
-        metadata = {**answer.response_metadata, METADATA_KEY: verdict_data("output", verdict)}
+            return self._refusal("output", verdict, answer=answer, prompt=request)
+        metadata = {**answer.response_metadata, METADATA_KEY: verdict_data("output", verdict, prompt=request)}
         return answer.model_copy(update={"response_metadata": metadata})
 
     def _stream_plan(self, messages: list[BaseMessage]) -> Plan[None]:
         """Released chunks, in order; a moderation session only where the output is checked."""
         prompt = self._prompt(messages)
         mod: StreamModerator | None = (yield Op("open", prompt)) if self.check_output else None
-        if (flagged := (yield from self._input_gate(prompt, mod))) is not None:
-            yield _as_chunk(self._refusal("input", flagged))
+        request = yield from self._input_gate(prompt, mod)
+        if request is not None and request.unsafe:
+            yield _as_chunk(self._refusal("input", request))
             return
         yield Op("stream", messages)
         if mod is None:
@@ -183,15 +186,18 @@ class GuardrailChatModel(BaseChatModel):
             for out in relay.tail((yield Op("close"))):
                 yield ChatGenerationChunk(message=out)
         yield Op("release")  # upstream closed, session freed, before the closing chunk goes out
-        yield self._stream_end(mod, relay)
+        yield self._stream_end(mod, relay, request)
 
-    def _stream_end(self, mod: StreamModerator, relay: ChunkRelay) -> ChatGenerationChunk:
-        """The closing chunk: the verdict summary, plus the replacement after a cut."""
+    def _stream_end(self, mod: StreamModerator, relay: ChunkRelay,
+                    request: Verdict | None) -> ChatGenerationChunk:
+        """The closing chunk: the verdict summary (what fired on both sides), plus the
+        replacement after a cut."""
+        summary = relay.summary(request)
         if mod.intercepted:
             if self.on_violation == "raise":
                 raise mod.violation()
-            return ChatGenerationChunk(message=relay.make(self.replacement, metadata=relay.summary()))
-        return ChatGenerationChunk(message=relay.make("", metadata=relay.summary()))
+            return ChatGenerationChunk(message=relay.make(self.replacement, metadata=summary))
+        return ChatGenerationChunk(message=relay.make("", metadata=summary))
 
     # -- the two drivers ----------------------------------------------------------------------------
     def _generate(

@@ -25,8 +25,9 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, Field
 
-from guardrail.errors import GuardrailViolation, Stage
+from guardrail.errors import Stage
 from guardrail.protocols import AsyncGuardProtocol, GuardProtocol
+from guardrail.stream.moderator import violation
 from guardrail.streaming import (
     DEFAULT_REPLACEMENT,
     NO_PROMPT,
@@ -98,7 +99,7 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
     def _violation(self, stage: Stage, verdict: Verdict | ChunkVerdict, like: Any, released: str = "") -> Any:
         """Raise, or return the replacement in the shape of the value it replaces."""
         if self.on_violation == "raise":
-            raise GuardrailViolation(verdict, stage=stage, released=released)
+            raise violation(verdict, stage, released)
         text = released + self.replacement
         if isinstance(like, BaseMessageChunk):
             return AIMessageChunk(content=text, id=like.id)
@@ -191,8 +192,8 @@ class GuardrailRunnable(RunnableSerializable[Any, Any]):
         else:
             yield from relay.tail((yield Op("close")))
         yield Op("release")
-        if mod.verdict is not None:
-            yield Op("emit", ("stream", mod.verdict))
+        if (outcome := mod.outcome) is not None:  # the categories of the whole stream
+            yield Op("emit", ("stream", outcome))
         if mod.intercepted:
             if self.on_violation == "raise":
                 raise mod.violation()

@@ -48,6 +48,7 @@ def test_integrations_doc_blocks_run(base_guard: Guard, monkeypatch: pytest.Monk
             raise AssertionError(f"docs block {i} failed:\n{block}") from exc
     out = capsys.readouterr().out
     assert "[withheld]" in out and "I can't help with that." in out
+    assert "I can't help with that (illicit" in out and "input ('illicit'" in out  # categories named
     assert "guardrail.session.chunk" in out
 
 
