@@ -35,5 +35,10 @@ class GuardrailViolation(Exception):
     def score(self) -> float:
         return self.verdict.score
 
+    @property
+    def flagged_categories(self) -> list[str]:
+        """The categories that fired at the flagged check (names only)."""
+        return list(self.verdict.flagged_categories)
+
 
 __all__ = ["GuardrailViolation", "Stage"]

@@ -26,7 +26,14 @@ from guardrail.stream.moderate import (
     moderate_anthropic,
     moderate_openai,
 )
-from guardrail.stream.moderator import StreamModerator, VerdictHook, judge
+from guardrail.stream.moderator import (
+    Replacement,
+    StreamModerator,
+    VerdictHook,
+    judge,
+    violation,
+    violation_message,
+)
 from guardrail.stream.prompts import NO_PROMPT, PromptLike, as_prompt
 
 GuardLike = GuardProtocol
@@ -45,6 +52,7 @@ __all__ = [
     "GuardProtocol",
     "OnViolation",
     "PromptLike",
+    "Replacement",
     "SessionLike",
     "SessionProtocol",
     "StreamModerator",
@@ -66,6 +74,8 @@ __all__ = [
     "require_sync",
     "resolve_guard",
     "set_default_guard",
+    "violation",
+    "violation_message",
 ]
 
 

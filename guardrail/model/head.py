@@ -17,27 +17,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from guardrail.moderation import MODERATION_CATEGORIES as MODERATION_CATEGORIES
+
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head.json"
 CATEGORY_WEIGHTS = "categories.safetensors"
 CATEGORY_CONFIG = "categories.json"
 
-#: The OpenAI moderation categories, in their order; a category head may add custom names.
-MODERATION_CATEGORIES: tuple[str, ...] = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "illicit",
-    "illicit/violent",
-    "self-harm",
-    "self-harm/intent",
-    "self-harm/instructions",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
-)
+#: The OpenAI moderation categories (one list, in `guardrail.moderation`); a head may add custom names.
 
 
 @dataclass
