@@ -13,16 +13,19 @@ from guardrail.types import DoneEvent, GenerationEvent, GenerationResult, Interc
 
 
 class ResultCollector:
-    """Keeps the last score, the interception and the done event of one generation."""
+    """Keeps the last score, the interception, the done event and the fired categories of one
+    generation (the done event's union, completed by the score events' in case a peer omits it)."""
 
     def __init__(self) -> None:
         self.last_score: float | None = None
         self.intercept: InterceptEvent | None = None
         self.done: DoneEvent | None = None
+        self.flagged: list[str] = []  # categories fired at any check, in order of first firing
 
     def add(self, event: GenerationEvent) -> None:
         if isinstance(event, ScoreEvent):
             self.last_score = event.score
+            self.flagged.extend(name for name in event.flagged_categories if name not in self.flagged)
         elif isinstance(event, InterceptEvent):
             self.intercept = event
         elif isinstance(event, DoneEvent):
@@ -33,10 +36,12 @@ class ResultCollector:
         done = self.done
         if done is None:
             raise missing("the generation stream ended without a done event")
+        flagged = list(done.flagged_categories)
+        flagged.extend(name for name in self.flagged if name not in flagged)
         return GenerationResult(
             text=done.text, intercepted=done.intercepted, intercept_index=done.intercept_index,
             score=self.intercept.score if self.intercept else self.last_score,
-            usage=done.usage, timings=done.timings,
+            usage=done.usage, timings=done.timings, flagged_categories=flagged,
         )
 
 

@@ -1,8 +1,11 @@
 """A stand-in safety model whose verdicts follow the text it reads (no tests here).
 
 The forward passes are real (step_many, caches, masks, several [CLS] rows per pass); only
-the head's number is replaced: 0.99 when the span a check reads contains a keyword, else
-0.01. Every check of a pass gets its own score, so it can drive token-position schedules.
+the head's numbers are replaced: 0.99 when the span a check reads contains a keyword, else
+0.01. Its head also has the 13 moderation category outputs, scored the same way from their
+own words (`CATEGORY_WORDS`): " knife" fires `violence` while the binary score stays 0.01,
+" bomb" fires the binary score and `illicit/violent`. Every check of a pass gets its own
+scores, so it can drive token-position schedules.
 """
 
 from __future__ import annotations
@@ -14,9 +17,19 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
-from guardrail.model.head import HeadConfig, SafetyHead
+from guardrail.model.head import MODERATION_CATEGORIES, CategoryHead, HeadConfig, SafetyHead
 
 UNSAFE_WORD = " bomb"
+CATEGORY_WORDS: dict[str, dict[str, float]] = {
+    " bomb": {"illicit/violent": 0.99},
+    " knife": {"violence": 0.99},
+    " fight": {"violence": 0.4},  # under the head's calibrated 0.5: fires only under a lower threshold
+}
+"""Per word, the category probabilities a check reads when its span contains the word (max over words)."""
+BASE_CATEGORY_SCORE = 0.01
+HEAD_CATEGORY_THRESHOLDS = {name: 0.5 for name in MODERATION_CATEGORIES} | {"illicit/violent": 0.6}
+"""The keyword head's calibrated category thresholds (one differs from 0.5, so a surface that ignores
+them shows)."""
 
 
 class KeywordSafetyModel(SafetyModel):
@@ -24,6 +37,16 @@ class KeywordSafetyModel(SafetyModel):
 
     keyword_ids: list[list[int]]
     delay_s = 0.0
+
+    def __init__(self, lm: Any, tokenizer: Any, head: SafetyHead, **kwargs: Any) -> None:
+        if head.categories is None:
+            head.categories = CategoryHead(head.config.hidden_size, MODERATION_CATEGORIES,
+                                           HEAD_CATEGORY_THRESHOLDS)
+        super().__init__(lm, tokenizer, head, **kwargs)
+        self.category_word_ids = [
+            ([int(i) for i in tokenizer(word, add_special_tokens=False)["input_ids"]], scores)
+            for word, scores in CATEGORY_WORDS.items()
+        ]
 
     def step(self, cache: Any, token_ids: list[int], **kwargs: Any) -> StepOutput:
         if self.delay_s:
@@ -50,9 +73,20 @@ class KeywordSafetyModel(SafetyModel):
         request.cache._kw_history = history  # type: ignore[attr-defined]
         out.scores = [0.99 if self.flags(history[: q.seen]) else 0.01 for q in request.checks]
         out.score = out.scores[-1] if out.scores else None
+        out.category_scores = [self.category_probabilities(history[: q.seen]) for q in request.checks]
+        out.categories = out.category_scores[-1] if out.category_scores else {}
 
     def flags(self, seen: list[int]) -> bool:
         return any(_contains(seen, kw) for kw in self.keyword_ids)
+
+    def category_probabilities(self, seen: list[int]) -> dict[str, float]:
+        """Every category at 0.01, raised by the category words the span contains."""
+        scores = dict.fromkeys(self.head.category_names, BASE_CATEGORY_SCORE)
+        for ids, fired in self.category_word_ids:
+            if _contains(seen, ids):
+                for name, probability in fired.items():
+                    scores[name] = max(scores[name], probability)
+        return scores
 
 
 def _contains(seq: list[int], sub: list[int]) -> bool:

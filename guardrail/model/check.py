@@ -8,20 +8,57 @@ many conversations in one pass.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from guardrail.model.engine import StepOutput, StepRequest
 from guardrail.model.masks import ClsQuery
 from guardrail.model.plans import ForwardAll, Plan, Tokenize, run_in_place
-from guardrail.model.prompts import PromptInput, clean_text, encode_prompt, encode_text, fit_prompt
-from guardrail.types import GuardConfig, Verdict, categories_fired, label_for
+from guardrail.model.policy import TauPolicy
+from guardrail.model.prompts import (
+    InputError,
+    PromptInput,
+    clean_text,
+    encode_prompt,
+    encode_text,
+    fit_prompt,
+)
+from guardrail.types import CategoryRule, GuardConfig, Verdict, categories_fired, label_for
 
 if TYPE_CHECKING:
     from guardrail.model.engine import SafetyModel
 
 #: One check's input: the conversation, and the response to judge (None: the prompt alone).
 CheckInput = tuple[PromptInput, str | None]
+
+
+class UnknownCategoryError(InputError):
+    """A category rule names a category the head does not score (the server answers 422)."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def validate_categories(rules: Mapping[str, CategoryRule], known: Collection[str], *,
+                        field: str = "config.categories") -> None:
+    """Every rule must name one of the head's categories: a misspelt name would silently never fire.
+
+    The one check of category names; the engine's plans (checks, sessions, generation) and the
+    server's config and start-up all call it. `known` is `model.head.category_names`.
+    """
+    unknown = [name for name in rules if name not in known]
+    if not unknown:
+        return
+    listed = ", ".join(known) if known else "none: this head has no category outputs"
+    names = ", ".join(repr(name) for name in unknown)
+    raise UnknownCategoryError(f"{field} names unknown categor{'ies' if len(unknown) > 1 else 'y'} {names}; "
+                               f"known categories: {listed}", param=f"{field}.{unknown[0]}")
+
+
+def check_categories(model: SafetyModel, config: GuardConfig) -> None:
+    """`validate_categories` for a config against a model's head."""
+    validate_categories(config.categories, model.head.category_names)
 
 
 def encode_check(model: SafetyModel, prompt: PromptInput, response: str | None,
@@ -49,6 +86,31 @@ def fit_check(model: SafetyModel, prompt_ids: list[int], response: str | None,
     return prompt_ids + response_ids, query
 
 
+class CheckJudgement(NamedTuple):
+    """One check under a config: unsafe (binary gate or a fired `block` category), and what fired."""
+
+    unsafe: bool
+    flagged: list[str]
+    blocked: list[str]
+
+
+def judge_check(score: float, config: GuardConfig, categories: Mapping[str, float] | None = None,
+                category_thresholds: Mapping[str, float] | None = None) -> CheckJudgement:
+    """The one rule for one check: the binary label, then the config's category rules.
+
+    Every surface calls it (one-shot verdicts, moderated streams, generation); the two rules
+    themselves live in `guardrail.types` (`label_for`, `categories_fired`).
+    """
+    fired = categories_fired(categories or {}, category_thresholds or {}, config.categories)
+    unsafe = bool(fired.blocked) or label_for(score, config.threshold) == "unsafe"
+    return CheckJudgement(unsafe, fired.flagged, fired.blocked)
+
+
+def record_check(policy: TauPolicy, score: float, judged: CheckJudgement) -> bool:
+    """Feed one judged check to tau (True: act now). A blocked category counts as an unsafe score."""
+    return policy.update(max(score, policy.threshold) if judged.blocked else score)
+
+
 def verdict_for(score: float, config: GuardConfig, tokens: int, started: float,
                 categories: dict[str, float] | None = None,
                 category_thresholds: dict[str, float] | None = None) -> Verdict:
@@ -58,12 +120,11 @@ def verdict_for(score: float, config: GuardConfig, tokens: int, started: float,
     category makes the verdict unsafe on its own, the binary gate stays as it is.
     """
     categories = categories or {}
-    fired = categories_fired(categories, category_thresholds or {}, config.categories)
-    label = "unsafe" if fired.blocked else label_for(score, config.threshold)
-    return Verdict(label=label, score=score, threshold=config.threshold,
+    judged = judge_check(score, config, categories, category_thresholds)
+    return Verdict(label="unsafe" if judged.unsafe else "safe", score=score, threshold=config.threshold,
                    tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000,
-                   categories=categories, flagged_categories=fired.flagged,
-                   blocked_categories=fired.blocked)
+                   categories=categories, flagged_categories=judged.flagged,
+                   blocked_categories=judged.blocked)
 
 
 #: Encodes the i-th check input (a driver may add its own limits, e.g. the server's token budget).
@@ -74,6 +135,7 @@ def checks_plan(model: SafetyModel, items: Sequence[CheckInput], config: GuardCo
                 encode: CheckEncoder | None = None) -> Plan[list[Verdict]]:
     """Many one-shot checks: tokenised together, scored shortest first in one pass; verdicts in order."""
     started = time.perf_counter()
+    check_categories(model, config)
     def default_encoder(_i: int, prompt: PromptInput, response: str | None) -> tuple[list[int], ClsQuery]:
         return encode_check(model, prompt, response, config)
 

@@ -18,10 +18,11 @@ import functools
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from guardrail.model.check import CheckJudgement, check_categories, judge_check, record_check
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
 from guardrail.model.masks import ClsQuery
@@ -38,7 +39,6 @@ from guardrail.types import (
     Timings,
     TokenEvent,
     Usage,
-    label_for,
 )
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -102,8 +102,15 @@ class DropTokens(CacheWork):
 
 
 Work = Forward | Tokenize | TokenizerWork | CacheWork
-#: The sampled next token (None when not sampling) and the scores of the pass's checks, in order.
-Sampled = tuple[int | None, list[float]]
+class Sampled(NamedTuple):
+    """The sampled next token (None when not sampling) and the pass's checks, in order."""
+
+    token: int | None
+    scores: list[float]
+    categories: list[dict[str, float]]
+    """Category probabilities of each check, aligned with `scores`."""
+
+
 #: Yields work and events; receives the answer to each piece of work (None after an event).
 GenerationPlan = Generator[Work | GenerationEvent, Any, None]
 
@@ -116,11 +123,12 @@ class Sampler:
         self.generator: torch.Generator | None = None
 
     def pick(self, out: StepOutput, sample: bool) -> Sampled:
+        categories = out.category_scores or [{} for _ in out.scores]
         if not sample or out.logits is None:
-            return None, out.scores
+            return Sampled(None, out.scores, categories)
         if self.generator is None and self.params.seed is not None:  # on the logits' device (CUDA too)
             self.generator = torch.Generator(device=out.logits.device).manual_seed(self.params.seed)
-        return sample_next(out.logits, self.params, self.generator), out.scores
+        return Sampled(sample_next(out.logits, self.params, self.generator), out.scores, categories)
 
 
 @dataclass
@@ -153,6 +161,15 @@ class _Stream:
         self.detok = IncrementalDetokenizer(model.tokenizer)
         self.text = ""
         self.checks = 0
+        self.flagged: list[str] = []  # categories fired at any check, in order of first firing
+        self.last_unsafe = False
+
+    def judge(self, score: float, categories: dict[str, float]) -> CheckJudgement:
+        """One check under the config (binary gate, then category rules); remembers what fired."""
+        judged = judge_check(score, self.config, categories, self.model.head.category_thresholds)
+        self.flagged.extend(name for name in judged.flagged if name not in self.flagged)
+        self.last_unsafe = judged.unsafe
+        return judged
 
     def query(self, length: int | None = None) -> ClsQuery:
         """A check over the prompt and the first `length` response tokens (default: all)."""
@@ -182,6 +199,7 @@ def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig
     timings include tokenizing it.
     """
     started = time.perf_counter() if started is None else started
+    check_categories(model, config)  # an unknown category name fails before any work
     first_token_ms: float | None = None
     encode = functools.partial(encode_inputs, model, prompt, prefill, params)
     inputs: GenerationInputs = yield Tokenize(encode)
@@ -194,14 +212,17 @@ def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig
 
     # Prompt pass (with the prompt check riding along), then the prefill as forced response tokens.
     prompt_check = [stream.query()] if guard and config.check_prompt else []
-    token, scores = yield stream.forward(prompt_ids, prompt_check, sample=not prefill_ids)
+    token, scores, categories = yield stream.forward(prompt_ids, prompt_check, sample=not prefill_ids)
     if scores:
         score = scores[-1]
         stream.checks += 1
-        flagged = label_for(score, config.threshold) == "unsafe"
-        yield ScoreEvent(index=0, score=score, unsafe=flagged, streak=int(flagged))
-        if flagged:
-            intercepted = InterceptEvent(index=0, score=score, action=config.action, stage="prompt")
+        judged = stream.judge(score, categories[-1])
+        yield ScoreEvent(index=0, score=score, unsafe=judged.unsafe, streak=int(judged.unsafe),
+                         categories=categories[-1], flagged_categories=judged.flagged,
+                         blocked_categories=judged.blocked)
+        if judged.unsafe:
+            intercepted = InterceptEvent(index=0, score=score, action=config.action, stage="prompt",
+                                         flagged_categories=judged.flagged)
     if intercepted is None and prefill_ids:
         # The forced tokens get the schedule's checks at their positions, and one at their end.
         stream.response.extend(prefill_ids)
@@ -209,9 +230,9 @@ def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig
         due = schedule.positions(0, len(prefill_ids)) if guard else []
         if guard and (not due or due[-1] != len(prefill_ids)):
             due.append(len(prefill_ids))
-        token, scores = yield stream.forward(prefill_ids, [stream.query(n) for n in due])
-        for position, score in zip(due, scores, strict=True):
-            intercepted = yield from _record_check(stream, score, position=position)
+        token, scores, categories = yield stream.forward(prefill_ids, [stream.query(n) for n in due])
+        for position, score, at in zip(due, scores, categories, strict=True):
+            intercepted = yield from _record_check(stream, score, at, position=position)
             if intercepted is not None:
                 break
 
@@ -223,10 +244,10 @@ def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig
         stream.response.append(token)
         stream.buffer.append(1)
         do_check = guard and schedule.should_check(len(stream.response))
-        token, scores = yield stream.forward([token], [stream.query()] if do_check else [],
-                                             sample=generated < params.max_new_tokens)
+        token, scores, categories = yield stream.forward([token], [stream.query()] if do_check else [],
+                                                         sample=generated < params.max_new_tokens)
         if scores:
-            intercepted = yield from _record_check(stream, scores[-1])
+            intercepted = yield from _record_check(stream, scores[-1], categories[-1])
         elif not guard:
             stream.buffer.cleared = stream.buffer.total
             event = yield from stream.release(stream.buffer.on_check(stream.buffer.total, unsafe=False))
@@ -240,9 +261,9 @@ def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig
         # Cover the tail that no scheduled check reached before releasing it.
         safe = True
         if guard and stream.buffer.cleared < len(stream.response):
-            _, scores = yield stream.forward([], [stream.query()], sample=False)
-            intercepted = yield from _record_check(stream, scores[-1], final=True)
-            safe = intercepted is None and not stream.policy.is_unsafe(scores[-1])
+            _, scores, categories = yield stream.forward([], [stream.query()], sample=False)
+            intercepted = yield from _record_check(stream, scores[-1], categories[-1], final=True)
+            safe = intercepted is None and not stream.last_unsafe
         if intercepted is None:
             event = yield from stream.release(stream.buffer.finish(safe or not guard), final=True)
             if event:
@@ -260,22 +281,31 @@ def generation_plan(model: SafetyModel, prompt: PromptInput, config: GuardConfig
         usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(stream.response),
                     checks=stream.checks),
         timings=Timings(total_ms=(time.perf_counter() - started) * 1000, first_token_ms=first_token_ms),
+        flagged_categories=stream.flagged,
     )
 
 
-def _record_check(stream: _Stream, score: float, *, final: bool = False, position: int | None = None
+def _record_check(stream: _Stream, score: float, categories: dict[str, float] | None = None, *,
+                  final: bool = False, position: int | None = None
                   ) -> Generator[Work | GenerationEvent, Any, InterceptEvent | None]:
     """Apply one check over the first `position` response tokens (default: all) to policy and
-    buffer; yield its events; return an intercept or None."""
+    buffer; yield its events; return an intercept or None.
+
+    The check is unsafe when its score reaches the threshold or a `block` category fired;
+    either counts toward tau alike."""
     position = len(stream.response) if position is None else position
     stream.checks += 1
-    act = stream.policy.update(score)
-    unsafe = stream.policy.is_unsafe(score)
-    yield ScoreEvent(index=position, score=score, unsafe=unsafe, streak=stream.policy.streak)
-    if act or (final and unsafe):
+    categories = categories or {}
+    judged = stream.judge(score, categories)
+    act = record_check(stream.policy, score, judged)
+    yield ScoreEvent(index=position, score=score, unsafe=judged.unsafe, streak=stream.policy.streak,
+                     categories=categories, flagged_categories=judged.flagged,
+                     blocked_categories=judged.blocked)
+    if act or (final and judged.unsafe):
         stream.buffer.intercept()
-        return InterceptEvent(index=stream.buffer.released, score=score, action=stream.config.action)
-    event = yield from stream.release(stream.buffer.on_check(position, unsafe))
+        return InterceptEvent(index=stream.buffer.released, score=score, action=stream.config.action,
+                              flagged_categories=judged.flagged)
+    event = yield from stream.release(stream.buffer.on_check(position, judged.unsafe))
     if event:
         yield event
     return None
@@ -295,20 +325,22 @@ def _refuse(stream: _Stream, eos: set[int], guard: bool) -> Generator[Work | Gen
     refusal_ids = yield Encode(stream.model.tokenizer, prefix)
     stream.text += prefix
     yield TokenEvent(index=len(stream.response), text=prefix)
-    token, _ = yield stream.forward(refusal_ids, [])
+    token = (yield stream.forward(refusal_ids, [])).token
     justification: list[int] = []
     for i in range(JUSTIFY_TOKENS):
         if token is None or token in eos:
             break
         justification.append(token)
-        token, _ = yield stream.forward([token], [], sample=i + 1 < JUSTIFY_TOKENS)
+        token = (yield stream.forward([token], [], sample=i + 1 < JUSTIFY_TOKENS)).token
     if justification:
         seen = stream.prompt_len + len(stream.response) + len(refusal_ids) + len(justification)
         check = ClsQuery(seen=seen, prompt_len=stream.prompt_len, window=stream.config.window)
-        scores: list[float] = []
+        unsafe = False
         if guard:
-            _, scores = yield stream.forward([], [check], sample=False)
-        if not scores or not stream.policy.is_unsafe(scores[-1]):
+            checked: Sampled = yield stream.forward([], [check], sample=False)
+            unsafe = judge_check(checked.scores[-1], stream.config, checked.categories[-1],
+                                 stream.model.head.category_thresholds).unsafe
+        if not unsafe:
             piece = yield Detokenize(IncrementalDetokenizer(stream.model.tokenizer), justification, True)
             stream.text += piece
             yield TokenEvent(index=len(stream.response) + len(refusal_ids), text=piece)

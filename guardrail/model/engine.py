@@ -72,6 +72,8 @@ class StepOutput:
     scores: list[float] = field(default_factory=list)
     categories: dict[str, float] = field(default_factory=dict)
     """Category probabilities at the last check (empty when the head has no category outputs)."""
+    category_scores: list[dict[str, float]] = field(default_factory=list)
+    """Category probabilities at every check, aligned with `scores` (empty dicts without categories)."""
 
 
 class SafetyModel(nn.Module):
@@ -223,12 +225,25 @@ class SafetyModel(nn.Module):
         logits_at = [len(token_ids) - 1] if (want_logits and token_ids) else None
         logits, cls_hidden = self.forward_pass(cache, ids, [queries], logits_at=logits_at)
         scores: list[float] = []
-        categories: dict[str, float] = {}
+        per_check: list[dict[str, float]] = []
         if cls_hidden is not None:
-            scores = [float(p) for p in self.head.unsafe_probability(cls_hidden[0]).reshape(-1)]
-            categories = self.head.category_scores(cls_hidden[0, len(queries) - 1])
+            rows = cls_hidden[0, : len(queries)]
+            scores = [float(p) for p in self.head.unsafe_probability(rows).reshape(-1)]
+            per_check = self.category_rows(rows)
         return StepOutput(logits[0, -1] if logits is not None else None, scores[-1] if scores else None,
-                          scores, categories)
+                          scores, per_check[-1] if per_check else {}, per_check)
+
+    def category_rows(self, cls_rows: torch.Tensor) -> list[dict[str, float]]:
+        """[M, hidden] [CLS] rows -> one {category: probability} per row, in one product.
+
+        Every check position of a pass gets its categories (a policy acts on each); without
+        category outputs each row's dict is empty.
+        """
+        names = self.head.category_names
+        if not names:
+            return [{} for _ in range(cls_rows.shape[0])]
+        table = self.head.category_probabilities(cls_rows).tolist()
+        return [dict(zip(names, row, strict=True)) for row in table]
 
     def score_prefixes(
         self,
@@ -322,15 +337,30 @@ class SafetyModel(nn.Module):
         with rolled_back_on_error(streams, pasts):
             hidden = self._decode(embeds, mask, positions, batch_view, n_cls)
             probabilities = self.head.unsafe_probability(hidden[:, n_new:]) if n_cls else None
+            categories = self._batched_categories(hidden[:, n_new:], [len(r.checks) for r in requests])
             outputs = []
             for b, r in enumerate(requests):
                 logits = None
                 if r.want_logits and news[b]:
                     logits = self.lm_head(hidden[b, news[b] - 1]).float()
                 scores: list[float] = []
-                categories: dict[str, float] = {}
                 if probabilities is not None and r.checks:
                     scores = [float(p) for p in probabilities[b, : len(r.checks)]]
-                    categories = self.head.category_scores(hidden[b, n_new + len(r.checks) - 1])
-                outputs.append(StepOutput(logits, scores[-1] if scores else None, scores, categories))
+                per_check = categories[b]
+                outputs.append(StepOutput(logits, scores[-1] if scores else None, scores,
+                                          per_check[-1] if per_check else {}, per_check))
         return outputs
+
+    def _batched_categories(self, cls_hidden: torch.Tensor,
+                            counts: list[int]) -> list[list[dict[str, float]]]:
+        """Per stream, the categories of each of its `counts[b]` checks: one product over all rows."""
+        if not any(counts):
+            return [[] for _ in counts]
+        rows = torch.cat([cls_hidden[b, :n] for b, n in enumerate(counts)])
+        flat = self.category_rows(rows)
+        out: list[list[dict[str, float]]] = []
+        start = 0
+        for n in counts:
+            out.append(flat[start : start + n])
+            start += n
+        return out

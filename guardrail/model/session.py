@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from guardrail.model.check import verdict_for
+from guardrail.model.check import CheckJudgement, check_categories, judge_check, record_check, verdict_for
 from guardrail.model.engine import SafetyModel, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
 from guardrail.model.kvcache import truncate
@@ -40,7 +40,11 @@ class ModerationState:
     text changes neither the verdicts nor the intercept point.
     """
 
+    last_unsafe = False
+    """Whether the last applied response check was unsafe (binary score or a blocked category)."""
+
     def __init__(self, model: SafetyModel, config: GuardConfig, *, max_tokens: int | None = None) -> None:
+        check_categories(model, config)  # an unknown category name fails before any work
         self.model = model
         self.config = config
         self.max_tokens = max_tokens  # response tokens the stream may hold (None: no limit)
@@ -120,13 +124,13 @@ class ModerationState:
                 self.in_cache, (b.total, b.released, b.cleared, b.closed), self.policy.streak,
                 self.schedule._next, self.checked_upto, self.closed, self.intercepted,
                 self.intercept_index, self.released_text, self.last_score, self.last_categories,
-                self.checks)
+                self.checks, self.last_unsafe)
 
     def _restore(self, saved: tuple[Any, ...]) -> None:
         """Undo a failed chunk: tokenizer, response, cache, buffer, policy, schedule."""
         (tokens, n_response, self.cache, cache_len, self.in_cache, buffer, self.policy.streak,
          self.schedule._next, self.checked_upto, self.closed, self.intercepted, self.intercept_index,
-         self.released_text, self.last_score, self.last_categories, self.checks) = saved
+         self.released_text, self.last_score, self.last_categories, self.checks, self.last_unsafe) = saved
         self.tokens.restore(tokens)
         del self.response[n_response:]
         truncate(self.cache, cache_len)
@@ -137,7 +141,9 @@ class ModerationState:
 
         `ChunkVerdict.score` is the score of the chunk's last check (the previous check's
         score when no scheduled position fell inside the chunk). On `final`, a check covering
-        the whole response closes the stream unless the last scheduled one already did.
+        the whole response closes the stream unless the last scheduled one already did. The
+        chunk's flagged and blocked categories are those that fired at any of its checks, in
+        the order they first fired; a blocked one makes the chunk's label unsafe.
         """
         started = time.perf_counter()
         begin = len(self.response)
@@ -149,6 +155,8 @@ class ModerationState:
             due.append(end)
         piece = max(1, self.model.max_context // 4)  # a huge chunk is prefilled in pieces
         at = begin  # response tokens in the cache so far
+        flagged: list[str] = []
+        blocked: list[str] = []
         while not self.closed and (at < end or due):
             part = self.response[at : min(end, at + piece)]
             here = [p for p in due if p <= at + len(part)]
@@ -157,14 +165,15 @@ class ModerationState:
             out = yield self._request(part, [self._query(p - at) for p in here])
             self.in_cache += len(part)
             at += len(part)
-            if here:
-                self.last_categories = dict(out.categories)
-            for position, score in zip(here, out.scores, strict=True):
-                self._apply(position, score, final=final and position == end)
+            per_check = out.category_scores or [{} for _ in here]
+            for position, score, categories in zip(here, out.scores, per_check, strict=True):
+                fired = self._apply(position, score, final=final and position == end, categories=categories)
+                _union(flagged, fired.flagged)
+                _union(blocked, fired.blocked)
                 if self.closed:
                     break
         if final and not self.closed:
-            if self.checked_upto == end and self.policy.is_unsafe(self.last_score):
+            if self.checked_upto == end and self.last_unsafe:
                 self._intercept()  # the last check covered everything and was unsafe
             else:
                 self.buffer.finish(True)
@@ -178,30 +187,36 @@ class ModerationState:
             self.cache = self.model.new_cache()
             self.in_cache = 0
         return ChunkVerdict(
-            label=label_for(self.last_score, self.config.threshold),
+            label="unsafe" if blocked else label_for(self.last_score, self.config.threshold),
             score=self.last_score, threshold=self.config.threshold, released=newly,
             intercepted=self.intercepted, intercept_index=self.intercept_index,
             tokens=len(self.response), latency_ms=(time.perf_counter() - started) * 1000,
-            categories=self.last_categories,
+            categories=self.last_categories, flagged_categories=flagged, blocked_categories=blocked,
         )
 
-    def _apply(self, position: int, score: float, *, final: bool) -> None:
+    def _apply(self, position: int, score: float, *, final: bool,
+               categories: dict[str, float] | None = None) -> CheckJudgement:
         """One check over the first `position` response tokens: tau, hold-back, interception.
 
-        `checks` counts the checks applied; those a pass scored past an interception are not.
+        The check is unsafe when its score reaches the threshold or a `block` category fired
+        (`judge_check`); either feeds tau, the hold-back and the final check alike. `checks`
+        counts the checks applied; those a pass scored past an interception are not.
         """
+        judged = judge_check(score, self.config, categories, self.model.head.category_thresholds)
         self.checks += 1
         self.last_score = score
+        self.last_categories = dict(categories or {})
+        self.last_unsafe = judged.unsafe
         self.checked_upto = position
-        act = self.policy.update(score)
-        unsafe = self.policy.is_unsafe(score)
-        if act or (final and unsafe):
+        act = record_check(self.policy, score, judged)
+        if act or (final and judged.unsafe):
             self._intercept()
-            return
-        self.buffer.on_check(position, unsafe)
+            return judged
+        self.buffer.on_check(position, judged.unsafe)
         if final:
             self.buffer.finish(True)
             self.closed = True
+        return judged
 
     def _intercept(self) -> None:
         self.buffer.intercept()
@@ -225,6 +240,13 @@ class ModerationState:
         self.cache = self.model.new_cache()
         yield self._request(self.prompt_ids + recent, [])
         self.in_cache = len(recent)
+
+
+def _union(into: list[str], names: list[str]) -> None:
+    """Add `names` to `into`, keeping the order of first appearance."""
+    for name in names:
+        if name not in into:
+            into.append(name)
 
 
 class ModerationSession:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
+
+from guardrail.types import CategoryRule
 
 
 def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,6 +57,11 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--allow-request-relaxation", action="store_true",
                        help="let a request's config make the guard laxer than the server's defaults "
                             "(by default a request may only make it stricter)")
+    serve.add_argument("--category-rule", action="append", default=None, type=_category_rule,
+                       metavar="NAME=ACTION[:THRESHOLD]",
+                       help="the server's rule for one harm category (repeatable), e.g. self-harm=flag or "
+                            "illicit/violent=block:0.4; ACTION is block, flag or allow, THRESHOLD "
+                            "defaults to the head's calibrated one (docs/categories.md)")
     serve.add_argument("--log-text", action="store_true",
                        help="log prompt and response text (off by default)")
     serve.add_argument("--log-level", default="info")
@@ -71,11 +79,44 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.set_defaults(func=cmd_serve)
 
 
+def _category_rule(text: str) -> tuple[str, CategoryRule]:
+    """argparse type of --category-rule: a clear usage error for a malformed value."""
+    from guardrail.server.settings import parse_category_rule
+
+    try:
+        return parse_category_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def category_rules(pairs: list[tuple[str, CategoryRule]] | None, head: str | None) -> dict[str, CategoryRule]:
+    """The --category-rule values by name, checked against the head's category names.
+
+    A name given twice, or one the head does not score, is an `InputError` before the server starts.
+    """
+    from guardrail.model.prompts import InputError
+
+    rules: dict[str, CategoryRule] = {}
+    for name, rule in pairs or []:
+        if name in rules:
+            raise InputError(f"--category-rule {name} is given twice")
+        rules[name] = rule
+    if rules:
+        from guardrail.model.check import validate_categories
+        from guardrail.model.head import SafetyHead, default_head_dir
+
+        names = SafetyHead.load(Path(head) if head else default_head_dir()).category_names
+        validate_categories(rules, names, field="--category-rule")
+    return rules
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from guardrail.server.app import create_app
     from guardrail.server.settings import Settings
+
+    rules = category_rules(getattr(args, "category_rule", None), args.head)
 
     settings = Settings.from_env(
         model=args.model, head=args.head, device=args.device, dtype=args.dtype, quantize=args.quantize,
@@ -92,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_check_batch=getattr(args, "max_check_batch", None),
         graceful_shutdown_s=getattr(args, "graceful_shutdown", None),
         allowed_hosts=getattr(args, "allowed_host", None), tracing=getattr(args, "tracing", None),
+        category_rules=rules or None,
     )
     level = getattr(logging, args.log_level.upper(), logging.INFO)
     logging.basicConfig(level=logging.DEBUG if args.log_text else level,

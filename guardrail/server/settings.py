@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from guardrail.types import CategoryRule
 
 
 class Settings(BaseModel):
@@ -45,6 +47,9 @@ class Settings(BaseModel):
     allow_request_relaxation: bool = Field(False, description="Let a request's config make the guard "
                                            "laxer than the server's (higher threshold or tau, less "
                                            "hold-back, sparser checks, no prompt check).")
+    category_rules: dict[str, CategoryRule] = Field(
+        default_factory=dict, description="The server's per-category rules (`guardrail serve "
+        "--category-rule NAME=ACTION[:THRESHOLD]`); a request may only make them stricter.")
     log_text: bool = False
     cors_origins: list[str] = Field(default_factory=list,
                                     description="Origins allowed to call from a browser; none by default.")
@@ -69,3 +74,25 @@ class Settings(BaseModel):
             values["upstream_api_key"] = os.environ["GUARDRAIL_UPSTREAM_API_KEY"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
+
+
+def parse_category_rule(text: str) -> tuple[str, CategoryRule]:
+    """`NAME=ACTION[:THRESHOLD]` (e.g. `illicit/violent=block:0.4`) -> (name, rule); ValueError naming
+    what is wrong. The name is checked against the head when the model is known."""
+    name, sep, spec = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not spec:
+        raise ValueError(f"{text!r} is not NAME=ACTION[:THRESHOLD] (e.g. self-harm=flag, "
+                         "illicit/violent=block:0.4)")
+    action, colon, threshold = spec.partition(":")
+    values: dict[str, object] = {"action": action.strip()}
+    if colon:
+        try:
+            values["threshold"] = float(threshold)
+        except ValueError:
+            raise ValueError(f"{text!r}: threshold {threshold!r} is not a number in [0, 1]") from None
+    try:
+        return name, CategoryRule.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{text!r}: {problems} (actions: block, flag, allow; threshold in [0, 1])") from None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import httpx
 from fastapi import Depends, Request
 
+from guardrail.model.check import validate_categories
 from guardrail.model.engine import SafetyModel
 from guardrail.model.prompts import PromptInput, encode_prompt, encode_text
 from guardrail.server.batcher import Batcher
@@ -47,8 +48,14 @@ class ServerState:
     def attach(self, model: SafetyModel) -> None:
         """Put a loaded model behind a fresh batcher and session store."""
         s = self.settings
+        try:  # the operator's rules must name the head's categories
+            validate_categories(s.category_rules, model.head.category_names, field="category_rules")
+        except ValueError as exc:
+            self.load_error = str(exc)
+            raise
         self.model = model
-        self.config = GuardConfig(threshold=float(model.head.config.threshold))
+        self.config = GuardConfig(threshold=float(model.head.config.threshold),
+                                  categories=dict(s.category_rules))
         self.longest_token_chars = longest_token_chars(model)
         self.batcher = Batcher(model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
                                max_queue=s.max_queue, metrics=self.metrics,
@@ -74,12 +81,18 @@ class ServerState:
 
         A request may make the guard stricter, never laxer (422 `config_not_allowed` naming the
         field and the server's value), unless the operator allows relaxation. A [CLS] window
-        wider than the context is no window. `field` names the request's config in errors.
+        wider than the context is no window. A category the head does not score is 422
+        `invalid_input` naming it (the engine's own check, run before any work). `field` names
+        the request's config in errors.
         """
         config = merge_config(self.config, override)
         limit = self.model.max_context if self.model is not None else None
+        head = self.model.head if self.model is not None else None
+        if head is not None:
+            validate_categories(config.categories, head.category_names, field=f"{field}.categories")
         if override is not None and not self.settings.allow_request_relaxation:
-            laxer = relaxations(self.config, config, max_context=limit)
+            laxer = relaxations(self.config, config, max_context=limit,
+                                category_thresholds=head.category_thresholds if head is not None else None)
             if laxer:
                 raise APIError(422, "; ".join(r.message(field) for r in laxer), code="config_not_allowed",
                                param=f"{field}.{laxer[0].field}")
