@@ -28,6 +28,9 @@ class GuardrailViolation(Exception):
         self.verdict = verdict
         self.stage: Stage = stage
         self.released = released
+        if message is None and verdict.blocked_categories:
+            message = (f"guardrail flagged the {stage} (blocked categories: "
+                       f"{', '.join(verdict.blocked_categories)}; score {verdict.score:.3f})")
         super().__init__(message or f"guardrail flagged the {stage} (score {verdict.score:.3f} "
                                     f">= threshold {verdict.threshold:.3f})")
 

@@ -55,6 +55,11 @@ class Verdict(BaseModel):
         default_factory=list,
         description="Fired categories whose action is block: each makes the verdict unsafe on its own.",
     )
+    category_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="The head's calibrated threshold per category, so a caller can re-judge the scores "
+        "under its own category rules.",
+    )
 
     @property
     def unsafe(self) -> bool:

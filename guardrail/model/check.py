@@ -124,7 +124,9 @@ def verdict_for(score: float, config: GuardConfig, tokens: int, started: float,
     return Verdict(label="unsafe" if judged.unsafe else "safe", score=score, threshold=config.threshold,
                    tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000,
                    categories=categories, flagged_categories=judged.flagged,
-                   blocked_categories=judged.blocked)
+                   blocked_categories=judged.blocked,
+                   category_thresholds={name: float((category_thresholds or {}).get(name, 0.5))
+                                        for name in categories})
 
 
 #: Encodes the i-th check input (a driver may add its own limits, e.g. the server's token budget).

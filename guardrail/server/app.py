@@ -101,7 +101,11 @@ async def _load(state: ServerState) -> None:
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.exception("model failed to load")
         return
-    state.attach(model)
+    try:
+        state.attach(model)
+    except ValueError:  # e.g. category rules naming categories this head lacks (load_error is set)
+        log.exception("model failed to attach")
+        return
     log.info("model %s ready", model.name)
 
 

@@ -21,24 +21,35 @@ from guardrail.stream.bridge import (
     require_sync_session,
 )
 from guardrail.stream.default import aresolve_guard, resolve_guard
-from guardrail.types import ChunkVerdict, GuardConfig, PromptInput, Verdict, label_for
+from guardrail.types import ChunkVerdict, GuardConfig, PromptInput, Verdict, categories_fired, label_for
 
 VerdictHook = Callable[[str, Verdict | ChunkVerdict], None]
 """Called with a stage ("input", "output", "stream") and each verdict, e.g. to log or count."""
 
 
 def judge(verdict: Verdict, config: GuardConfig | None) -> Verdict:
-    """Re-label a check against `config.threshold` when the caller set its own threshold.
+    """Re-judge a verdict under the caller's own threshold and category rules.
 
-    `check_prompt` and `check_response` judge with the guard's own threshold; the score is
-    the same either way, so a per-call threshold only changes the label. A config that does
-    not name a threshold leaves the guard's (calibrated) one in force. A fired `block`
-    category keeps the verdict unsafe whatever the threshold (the category rule acts alone).
+    `check_prompt` and `check_response` judge with the guard's config; the scores are the same
+    either way, so a per-call config only changes the labels. Fields the caller's config does
+    not name keep the guard's judgement (its calibrated threshold, its category rules); a
+    category the caller names is judged by the caller's rule, at the rule's threshold or the
+    head's (`Verdict.category_thresholds`). The rules are the ones every surface uses.
     """
-    if config is None or "threshold" not in config.model_fields_set or config.threshold == verdict.threshold:
+    if config is None:
         return verdict
-    label = "unsafe" if verdict.blocked_categories else label_for(verdict.score, config.threshold)
-    return verdict.model_copy(update={"label": label, "threshold": config.threshold})
+    named = {name: rule for name, rule in config.categories.items() if name in verdict.categories}
+    threshold = config.threshold if "threshold" in config.model_fields_set else verdict.threshold
+    if threshold == verdict.threshold and not named:
+        return verdict
+    fired = categories_fired({n: verdict.categories[n] for n in named}, verdict.category_thresholds, named)
+    flagged = [n for n in verdict.categories
+               if (n in fired.flagged) or (n not in named and n in verdict.flagged_categories)]
+    blocked = [n for n in verdict.categories
+               if (n in fired.blocked) or (n not in named and n in verdict.blocked_categories)]
+    label = "unsafe" if blocked else label_for(verdict.score, threshold)
+    return verdict.model_copy(update={"label": label, "threshold": threshold,
+                                      "flagged_categories": flagged, "blocked_categories": blocked})
 
 
 def violation_message(verdict: Verdict | ChunkVerdict, stage: Stage) -> str:
