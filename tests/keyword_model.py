@@ -18,6 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.head import MODERATION_CATEGORIES, CategoryHead, HeadConfig, SafetyHead
+from guardrail.model.masks import ClsQuery
 
 UNSAFE_WORD = " bomb"
 CATEGORY_WORDS: dict[str, dict[str, float]] = {
@@ -71,9 +72,10 @@ class KeywordSafetyModel(SafetyModel):
     def _score(self, request: StepRequest, past: int, out: StepOutput) -> None:
         history = getattr(request.cache, "_kw_history", [])[:past] + list(request.token_ids)
         request.cache._kw_history = history  # type: ignore[attr-defined]
-        out.scores = [0.99 if self.flags(history[: q.seen]) else 0.01 for q in request.checks]
+        spans = [_visible(history, q) for q in request.checks]
+        out.scores = [0.99 if self.flags(span) else 0.01 for span in spans]
         out.score = out.scores[-1] if out.scores else None
-        out.category_scores = [self.category_probabilities(history[: q.seen]) for q in request.checks]
+        out.category_scores = [self.category_probabilities(span) for span in spans]
         out.categories = out.category_scores[-1] if out.category_scores else {}
 
     def flags(self, seen: list[int]) -> bool:
@@ -87,6 +89,14 @@ class KeywordSafetyModel(SafetyModel):
                 for name, probability in fired.items():
                     scores[name] = max(scores[name], probability)
         return scores
+
+
+def _visible(history: list[int], query: ClsQuery) -> list[int]:
+    """What one [CLS] query reads: the prompt and the response so far, or its last `window` tokens
+    (the engine's mask, `guardrail.model.masks.cls_visibility`); the gap splits a keyword."""
+    if query.window is None or query.seen - query.window <= query.prompt_len:
+        return history[: query.seen]
+    return [*history[: query.prompt_len], -1, *history[query.seen - query.window : query.seen]]
 
 
 def _contains(seq: list[int], sub: list[int]) -> bool:

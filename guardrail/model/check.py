@@ -1,4 +1,4 @@
-"""The one-shot check, planned once: context fitting, one pass with one [CLS] query, the label.
+"""The one-shot check, planned once: context fitting, one pass with its [CLS] queries, the label.
 
 `Guard.check_prompt` / `check_response` run `check_plan` in place (`run_check`); the sidecar's
 `/v1/check` runs the same plan through its batcher. A batch of checks (`checks_plan`) scores
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from guardrail.model.engine import StepOutput, StepRequest
 from guardrail.model.masks import ClsQuery
 from guardrail.model.plans import ForwardAll, Plan, Tokenize, run_in_place
-from guardrail.model.policy import TauPolicy
+from guardrail.model.policy import CheckSchedule, TauPolicy
 from guardrail.model.prompts import (
     InputError,
     PromptInput,
@@ -133,9 +134,52 @@ def verdict_for(score: float, config: GuardConfig, tokens: int, started: float,
 CheckEncoder = Callable[[int, PromptInput, str | None], tuple[list[int], ClsQuery]]
 
 
+def response_queries(final: ClsQuery, config: GuardConfig) -> list[ClsQuery]:
+    """The [CLS] queries a moderated stream of this response would run: its schedule's
+    positions (`CheckSchedule`), then the covering check at the end. A prompt alone: one query.
+    """
+    length = final.seen - final.prompt_len
+    if length <= 0:
+        return [final]
+    positions = CheckSchedule(config.strategy, config.period).positions(0, length)
+    return [replace(final, seen=final.prompt_len + p) for p in positions if p < length] + [final]
+
+
+def stream_verdict(out: StepOutput, queries: Sequence[ClsQuery], config: GuardConfig,
+                   category_thresholds: Mapping[str, float], started: float) -> Verdict:
+    """The verdict of a response read at every scheduled position, by the moderated stream's rule.
+
+    Unsafe when tau consecutive checks are unsafe anywhere (the stream would have been cut
+    there) or when the covering check at the end is; so harm followed by benign text stays
+    flagged, and `check_response` agrees with a session fed the same text. The verdict carries
+    the deciding check's score and categories, and every category that fired on the way.
+    """
+    policy = TauPolicy.from_config(config)
+    fired: list[str] = []
+    scores = out.scores or [float(out.score or 0.0)]
+    per_check = out.category_scores or [out.categories] * len(scores)
+    last = len(queries) - 1
+    for i, (score, categories) in enumerate(zip(scores, per_check, strict=True)):
+        judged = judge_check(score, config, categories, category_thresholds)
+        fired += [name for name in judged.flagged if name not in fired]
+        acted = record_check(policy, score, judged)
+        if acted or i == last:
+            verdict = verdict_for(score, config, queries[last].seen, started, dict(categories),
+                                  dict(category_thresholds))
+            update: dict[str, object] = {"flagged_categories": fired}
+            if acted:
+                update["label"] = "unsafe"
+            return verdict.model_copy(update=update)
+    raise AssertionError("unreachable: the last check always decides")
+
+
 def checks_plan(model: SafetyModel, items: Sequence[CheckInput], config: GuardConfig, *,
                 encode: CheckEncoder | None = None) -> Plan[list[Verdict]]:
-    """Many one-shot checks: tokenised together, scored shortest first in one pass; verdicts in order."""
+    """Many one-shot checks: tokenised together, scored shortest first in one pass; verdicts in order.
+
+    A prompt gets one [CLS] query; a response gets one at every position its moderated stream
+    would check (`response_queries`), all in the same pass, judged by `stream_verdict`.
+    """
     started = time.perf_counter()
     check_categories(model, config)
     def default_encoder(_i: int, prompt: PromptInput, response: str | None) -> tuple[list[int], ClsQuery]:
@@ -144,14 +188,13 @@ def checks_plan(model: SafetyModel, items: Sequence[CheckInput], config: GuardCo
     encoder: CheckEncoder = encode or default_encoder
     encoded: list[tuple[list[int], ClsQuery]] = yield Tokenize(
         lambda: [encoder(i, prompt, response) for i, (prompt, response) in enumerate(items)])
+    queries = [response_queries(query, config) for _, query in encoded]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # little padding per pass
-    requests = [StepRequest(model.new_cache(), encoded[i][0], encoded[i][1]) for i in order]
+    requests = [StepRequest(model.new_cache(), encoded[i][0], checks=queries[i]) for i in order]
     outputs: list[StepOutput] = yield ForwardAll(requests)
     by_item = dict(zip(order, outputs, strict=True))
     limits = model.head.category_thresholds
-    return [verdict_for(float(by_item[i].score or 0.0), config, query.seen, started,
-                        by_item[i].categories, limits)
-            for i, (_, query) in enumerate(encoded)]
+    return [stream_verdict(by_item[i], queries[i], config, limits, started) for i in range(len(encoded))]
 
 
 def check_plan(model: SafetyModel, prompt: PromptInput, response: str | None,
