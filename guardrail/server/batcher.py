@@ -37,7 +37,7 @@ log = logging.getLogger("guardrail.server")
 T = TypeVar("T")
 
 SMALL_STEP = 8  # steps this short always share a pass; longer ones group with similar lengths
-SMALL_PASS_ROWS = 32  # passes this small (a chunk or two with their checks) feed `small_pass_s`
+SMALL_PASS_ROWS = 32  # passes of SMALL_STEP to this many rows (a chunk with its checks) feed `small_pass_s`
 IDLE_S = 1.0  # an idle worker releases its pass scratch and trims the heap (when due) this often
 
 
@@ -281,7 +281,7 @@ class Batcher:
         self.passes += 1
         self.steps += len(group)
         self._step_ewma_s = 0.8 * self._step_ewma_s + 0.2 * elapsed
-        if sum(j.size for j in group) <= SMALL_PASS_ROWS:
+        if SMALL_STEP <= sum(j.size for j in group) <= SMALL_PASS_ROWS:
             self._small_pass_ewma_s = 0.8 * self._small_pass_ewma_s + 0.2 * elapsed
         self.metrics.batch_size.observe(len(group))
         self.metrics.step_seconds.observe(elapsed)

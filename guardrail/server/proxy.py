@@ -68,7 +68,7 @@ class _End:
 _END = _End()
 UpstreamItem = UpstreamText | UpstreamToolCall | _End | Exception
 
-FOLD_WAIT_CAP_S = 0.25  # the prompt check never waits longer than this for the first words
+FOLD_WAIT_CAP_S = 0.3  # the prompt check never waits longer than this for the first words
 
 
 @dataclass
@@ -327,27 +327,32 @@ class ProxyStream:
         return PromptChecked(verdict, items, chunk)
 
     async def _first_items(self) -> list[UpstreamItem]:
-        """The upstream items that arrive while waiting pays: up to the deltas of the first
-        release, for at most what a pass of their own would cost (and `FOLD_WAIT_CAP_S`).
-        Stops early, once the pace so far says the rest would come too late."""
+        """The upstream items that arrive while waiting for them pays: up to the deltas of the
+        first release, while the rest are due sooner than a pass of their own would take,
+        and never past `FOLD_WAIT_CAP_S` (so a slow upstream barely delays the verdict)."""
         assert self.session is not None
         wanted = self._first_feed_deltas()
         loop = asyncio.get_running_loop()
-        begun = loop.time()
-        deadline = begun + min(FOLD_WAIT_CAP_S, self.session.batcher.small_pass_s)
+        pass_s = self.session.batcher.small_pass_s  # what the first release costs unfolded
+        deadline = loop.time() + min(FOLD_WAIT_CAP_S, pass_s)  # for the first two deltas
+        cap = loop.time() + FOLD_WAIT_CAP_S
         items: list[UpstreamItem] = []
-        texts = 0
-        while texts < wanted:
+        arrivals: list[float] = []
+        while len(arrivals) < wanted:
             now = loop.time()
-            if texts and now + (now - begun) / texts * (wanted - texts) > deadline:
-                break  # at this pace the first release would come after the deadline
+            if len(arrivals) >= 2:  # the pace so far says when the rest arrive
+                pace = (now - arrivals[0]) / (len(arrivals) - 1)
+                rest = pace * (wanted - len(arrivals))
+                if rest > pass_s or now + rest > cap:
+                    break
+                deadline = cap
             try:
                 item = await asyncio.wait_for(self._items.get(), deadline - now)
             except TimeoutError:
                 break
             items.append(item)
             if isinstance(item, UpstreamText):
-                texts += 1
+                arrivals.append(loop.time())
             elif not isinstance(item, UpstreamToolCall):
                 break  # the end, or a failure
         return items
