@@ -69,6 +69,31 @@ _END = _End()
 UpstreamItem = UpstreamText | UpstreamToolCall | _End | Exception
 
 FOLD_WAIT_CAP_S = 0.3  # the prompt check never waits longer than this for the first words
+FOLD_SAVES = 0.75  # folding the first words saves about this share of a pass of their own
+
+
+class UpstreamPace:
+    """When an upstream's first words come: the first one's delay and the gap between the
+    next ones, averaged over its recent streams. Lets the prompt check skip waiting for words
+    that will come too late, before waiting to see."""
+
+    def __init__(self) -> None:
+        self.first_s: float | None = None
+        self.gap_s = 0.0
+
+    def observe(self, first_s: float, gap_s: float) -> None:
+        if self.first_s is None:
+            self.first_s, self.gap_s = first_s, gap_s
+        else:
+            self.first_s = 0.7 * self.first_s + 0.3 * first_s
+            self.gap_s = 0.7 * self.gap_s + 0.3 * gap_s
+
+    def due_s(self, deltas: int) -> float | None:
+        """When `deltas` deltas are expected after the request (None: not seen yet)."""
+        return None if self.first_s is None else self.first_s + (deltas - 1) * self.gap_s
+
+
+_PACES: dict[str, UpstreamPace] = {}  # by upstream URL
 
 
 @dataclass
@@ -150,6 +175,9 @@ class ProxyStream:
         self._span = UpstreamSpan(self.meta.model, trace_headers or {})
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self._begun = 0.0  # loop time the prompt check and the upstream request started
+        self._arrivals: list[float] = []  # loop times of the first text deltas
+        self._pace = _PACES.setdefault(state.settings.upstream or "", UpstreamPace())
 
     def _upstream_request(self) -> httpx.Request:
         assert self.state.upstream is not None and self.state.settings.upstream is not None
@@ -254,6 +282,7 @@ class ProxyStream:
                 text = joiner.push(delta.get("content") or "")
                 entries = (choice.get("logprobs") or {}).get("content")
                 if text or entries:
+                    self._arrived()
                     out.put_nowait(UpstreamText(text, entries))
                 for call in delta.get("tool_calls") or []:
                     out.put_nowait(UpstreamToolCall(_tool_call_delta(call)))
@@ -312,6 +341,15 @@ class ProxyStream:
         text = f"{function.get('name', '')}({function.get('arguments', '')})"
         return await check_one(self.state, self.messages, text, self.config)
 
+    def _arrived(self) -> None:
+        """Time the first deltas; once those of the first release are in, record the pace."""
+        wanted = self._first_feed_deltas()
+        if len(self._arrivals) < wanted:
+            self._arrivals.append(asyncio.get_running_loop().time())
+            if len(self._arrivals) == wanted:
+                first, last = self._arrivals[0], self._arrivals[-1]
+                self._pace.observe(first - self._begun, (last - first) / max(1, wanted - 1))
+
     def _first_feed_deltas(self) -> int:
         """Deltas (about a word each) that reach the first check past the hold-back."""
         period = self.config.period if self.config.strategy == "periodic" else 1
@@ -328,31 +366,35 @@ class ProxyStream:
 
     async def _first_items(self) -> list[UpstreamItem]:
         """The upstream items that arrive while waiting for them pays: up to the deltas of the
-        first release, while the rest are due sooner than a pass of their own would take,
-        and never past `FOLD_WAIT_CAP_S` (so a slow upstream barely delays the verdict)."""
+        first release, while they are due sooner than folding them saves (`FOLD_SAVES` of a
+        pass of their own), and never past `FOLD_WAIT_CAP_S`, so a slow upstream barely
+        delays the verdict. The upstream's pace so far, and in its recent streams, says when."""
         assert self.session is not None
         wanted = self._first_feed_deltas()
         loop = asyncio.get_running_loop()
-        pass_s = self.session.batcher.small_pass_s  # what the first release costs unfolded
-        deadline = loop.time() + min(FOLD_WAIT_CAP_S, pass_s)  # for the first two deltas
-        cap = loop.time() + FOLD_WAIT_CAP_S
+        self._begun = loop.time()
+        worth = min(FOLD_WAIT_CAP_S, FOLD_SAVES * self.session.batcher.small_pass_s)
+        due = self._pace.due_s(wanted)
+        if due is not None and due > worth:
+            return []  # this upstream's first words come too late to wait for
+        deadline = self._begun + worth
         items: list[UpstreamItem] = []
-        arrivals: list[float] = []
-        while len(arrivals) < wanted:
+        texts = 0
+        while texts < wanted:
             now = loop.time()
-            if len(arrivals) >= 2:  # the pace so far says when the rest arrive
-                pace = (now - arrivals[0]) / (len(arrivals) - 1)
-                rest = pace * (wanted - len(arrivals))
-                if rest > pass_s or now + rest > cap:
+            if texts >= 2:  # the pace so far says when the rest arrive
+                first = self._arrivals[0]
+                rest = (now - first) / (texts - 1) * (wanted - texts)
+                if rest > worth or now + rest > self._begun + FOLD_WAIT_CAP_S:
                     break
-                deadline = cap
+                deadline = self._begun + FOLD_WAIT_CAP_S
             try:
                 item = await asyncio.wait_for(self._items.get(), deadline - now)
             except TimeoutError:
                 break
             items.append(item)
             if isinstance(item, UpstreamText):
-                arrivals.append(loop.time())
+                texts += 1
             elif not isinstance(item, UpstreamToolCall):
                 break  # the end, or a failure
         return items
