@@ -8,7 +8,8 @@ with the real model and releases text once a check has covered it.
 
 `--json` also reports `check_ms` (the prompt check alone, `/v1/check` on the same prompt),
 `hold_back` (tokens the session withholds) and `token_ms`; the target is
-`added_ttft_ms <= check_ms + hold_back * token_ms + 50` (`meets_target`).
+`added_ttft_ms <= check_ms + hold_back * token_ms + 50` (`meets_target`). The three
+measurements are interleaved run by run, so a shared machine's changing load hits them alike.
 """
 
 from __future__ import annotations
@@ -102,9 +103,13 @@ def main() -> None:
         with BackgroundServer(create_app(settings, model)) as sidecar:
             timed_stream(sidecar.url + "/v1")  # warm up
             timed_check(sidecar.url + "/v1")
-            direct = [timed_stream(up.url + "/v1") for _ in range(runs)]
-            proxied = [timed_stream(sidecar.url + "/v1") for _ in range(runs)]
-            checks = [timed_check(sidecar.url + "/v1") for _ in range(runs)]
+            direct: list[tuple[float, float, str]] = []
+            proxied: list[tuple[float, float, str]] = []
+            checks: list[float] = []
+            for _ in range(runs):  # interleaved, so a change in the machine's load hits all three
+                direct.append(timed_stream(up.url + "/v1"))
+                proxied.append(timed_stream(sidecar.url + "/v1"))
+                checks.append(timed_check(sidecar.url + "/v1"))
     hold_back = GuardConfig.model_validate(GUARD).hold_back  # the server default, GUARD leaves it
     assert all(p[2] == ANSWER for p in proxied), "the proxy changed or withheld safe text"
     result = {

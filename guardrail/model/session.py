@@ -7,16 +7,17 @@ through a single forward pass.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
 
 from guardrail.model.check import CheckJudgement, check_categories, judge_check, record_check, verdict_for
-from guardrail.model.engine import SafetyModel, StepRequest
+from guardrail.model.engine import SafetyModel, StepOutput, StepRequest
 from guardrail.model.holdback import HoldBackBuffer
 from guardrail.model.kvcache import truncate
 from guardrail.model.masks import ClsQuery
-from guardrail.model.plans import Forward, Plan, Tokenize, run_in_place
+from guardrail.model.plans import Forward, Plan, Tokenize, _Done, resume, run_in_place
 from guardrail.model.policy import CheckSchedule, TauPolicy
 from guardrail.model.prompts import LimitError, PromptInput, encode_prompt, fit_prompt
 from guardrail.model.tokenstream import IncrementalTokenizer
@@ -78,16 +79,99 @@ class ModerationState:
 
     def start(self, prompt: PromptInput) -> Plan[Verdict]:
         """Encode and prefill the prompt with its check riding in the same pass."""
+        verdict, _ = yield from self.start_with(prompt, "")
+        return verdict
+
+    def start_with(self, prompt: PromptInput,
+                   first_response: str | bytes) -> Plan[tuple[Verdict, ChunkVerdict | None]]:
+        """The prompt check and the first chunk of the response in one pass.
+
+        Equivalent to `start(prompt)` then `feed(first_response)`, but the response's tokens
+        and its scheduled checks ride in the prompt's prefill, so the first release costs no
+        pass of its own. The chunk verdict is None when nothing was folded (an empty chunk,
+        one too large for one piece, or one `feed` would refuse): feed it as usual then.
+        """
         started = time.perf_counter()
         self.prompt_ids = yield Tokenize(lambda: self.encode_prompt(prompt))
+        if first_response:
+            saved = self._snapshot()
+            try:
+                new_ids: list[int] = yield Tokenize(lambda: self.tokens.feed(first_response))
+            except Exception:
+                new_ids = []  # `feed` will raise the same error, on the unchanged state
+            if not new_ids or len(new_ids) > self._fold_limit():
+                self._restore(saved)
+            else:
+                try:
+                    chunk = yield from self._folded(self.advance(new_ids, final=False), started)
+                except BaseException:
+                    self._restore(saved)
+                    raise
+                assert self.prompt_verdict is not None
+                return self.prompt_verdict, chunk
         out = yield self._request(self.prompt_ids, [self._query(0)])
+        return self._prompt_checked(out.score, out.categories, started), None
+
+    def _fold_limit(self) -> int:
+        """Response tokens a folded first chunk may hold: what `feed` prefills in one piece, and
+        within the session's own token limit."""
+        piece = max(1, self.model.max_context // 4)
+        return piece if self.max_tokens is None else min(piece, self.max_tokens)
+
+    def _prompt_checked(self, score: float | None, categories: dict[str, float],
+                        started: float) -> Verdict:
         self.checks += 1
-        score = float(out.score or 0.0)
-        self.last_score = score
-        self.last_categories = dict(out.categories)
-        self.prompt_verdict = verdict_for(score, self.config, self.prompt_len, started, out.categories,
+        self.last_score = float(score or 0.0)
+        self.last_categories = dict(categories)
+        self.prompt_verdict = verdict_for(self.last_score, self.config, self.prompt_len, started, categories,
                                           self.model.head.category_thresholds)
         return self.prompt_verdict
+
+    def _folded(self, chunk: Plan[ChunkVerdict], started: float) -> Plan[ChunkVerdict]:
+        """Drive a chunk's plan with the prompt folded into its first pass.
+
+        The prompt's tokens go first in that pass and its [CLS] query last (an engine that
+        reports categories at the last check only then still reports the prompt's); the
+        prompt verdict is recorded before the chunk sees its share of the output, as if the
+        prompt had had its own pass. Nothing else in the chunk's plan changes.
+        """
+        answer: Any = None
+        error: BaseException | None = None
+        folded = False
+        while not isinstance(item := resume(chunk, answer, error), _Done):
+            answer, error = None, None
+            if folded or not isinstance(item, Forward):
+                try:
+                    answer = yield item
+                except Exception as exc:
+                    error = exc
+                continue
+            folded = True
+            request = item.request
+            checks = [*request.checks, self._query(0)]
+            try:
+                out = yield Forward(StepRequest(request.cache, self.prompt_ids + request.token_ids,
+                                                checks=checks, want_logits=request.want_logits))
+            except Exception as exc:
+                error = exc
+                continue
+            answer = item.answer(self._split_prompt_check(out, started))
+        if not folded:  # nothing needed a pass: the prompt gets its own
+            out = yield self._request(self.prompt_ids, [self._query(0)])
+            self._prompt_checked(out.score, out.categories, started)
+        result: ChunkVerdict = item.value
+        return result
+
+    def _split_prompt_check(self, out: StepOutput, started: float) -> StepOutput:
+        """Record the prompt check (the last of a folded pass); the chunk's own share of `out`."""
+        per_check = out.category_scores or [out.categories] * len(out.scores)
+        self._prompt_checked(out.scores[-1], per_check[-1], started)
+        scores = out.scores[:-1]
+        changes: dict[str, Any] = {
+            "score": scores[-1] if scores else None, "scores": scores,
+            "categories": per_check[-2] if scores else {}, "category_scores": per_check[:-1],
+        }
+        return dataclasses.replace(out, **changes)
 
     def ensure_open(self) -> None:
         if self.closed:

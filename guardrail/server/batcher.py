@@ -37,6 +37,7 @@ log = logging.getLogger("guardrail.server")
 T = TypeVar("T")
 
 SMALL_STEP = 8  # steps this short always share a pass; longer ones group with similar lengths
+SMALL_PASS_ROWS = 32  # passes of SMALL_STEP to this many rows (a chunk with its checks) feed `small_pass_s`
 IDLE_S = 1.0  # an idle worker releases its pass scratch and trims the heap (when due) this often
 
 
@@ -128,6 +129,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._step_ewma_s = 0.05
+        self._small_pass_ewma_s = 0.1
         self.passes = 0
         self.steps = 0
         self.metrics.queue_depth._read = self._queue.qsize
@@ -177,6 +179,12 @@ class Batcher:
             raise BatcherStoppedError("the model worker is not running")
         self._queue.put_nowait(job)
         return await job.future
+
+    @property
+    def small_pass_s(self) -> float:
+        """What a small pass (a chunk with its checks) takes now: a recent average, for callers
+        that weigh waiting against a pass of its own."""
+        return self._small_pass_ewma_s
 
     def retry_after_s(self) -> float:
         """How long the current backlog takes to drain, as a hint for Retry-After."""
@@ -273,6 +281,8 @@ class Batcher:
         self.passes += 1
         self.steps += len(group)
         self._step_ewma_s = 0.8 * self._step_ewma_s + 0.2 * elapsed
+        if SMALL_STEP <= sum(j.size for j in group) <= SMALL_PASS_ROWS:
+            self._small_pass_ewma_s = 0.8 * self._small_pass_ewma_s + 0.2 * elapsed
         self.metrics.batch_size.observe(len(group))
         self.metrics.step_seconds.observe(elapsed)
         self.metrics.checks.inc(sum(len(j.request.checks) for j in group if j.request is not None))

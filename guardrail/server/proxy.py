@@ -1,7 +1,9 @@
 """Proxy mode: forward chat completions upstream and moderate the answer on its way back.
 
 The upstream request starts at once, next to the prompt check; nothing is released before that
-check says safe (a flagged prompt cancels the upstream request). The upstream is always asked
+check says safe (a flagged prompt cancels the upstream request). When the upstream answers fast,
+the prompt check waits a little (never longer than a pass of its own would take) for the first
+words and checks them in its own pass, so the first release needs no second pass. The upstream is always asked
 to stream, with usage. Its text deltas feed a moderation session; only text the session
 releases (covered by safe checks) goes to the client, with the upstream's logprobs for it.
 Tool calls are model output that reaches a tool: each call's streamed deltas are withheld,
@@ -32,13 +34,14 @@ from httpx_sse import EventSource
 
 from guardrail.model.decoding import REFUSAL
 from guardrail.server.chat import ChatDelta, ChatEnd, ChatEvent, ChatMeta, ChatToolCall, merge_tool_calls
+from guardrail.server.driver import run_batched
 from guardrail.server.errors import APIError
 from guardrail.server.moderation import SteppedSession
 from guardrail.server.routes.check import check_one
 from guardrail.server.schemas import ChatCompletionRequest, GuardrailInfo
 from guardrail.server.state import ServerState
 from guardrail.server.upstream_trace import UpstreamSpan
-from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict
+from guardrail.types import ChatMessage, ChunkVerdict, GuardConfig, InterceptEvent, Verdict
 
 log = logging.getLogger("guardrail.server")
 
@@ -64,6 +67,43 @@ class _End:
 
 _END = _End()
 UpstreamItem = UpstreamText | UpstreamToolCall | _End | Exception
+
+FOLD_WAIT_CAP_S = 0.3  # the prompt check never waits longer than this for the first words
+FOLD_SAVES = 0.75  # folding the first words saves about this share of a pass of their own
+
+
+class UpstreamPace:
+    """When an upstream's first words come: the first one's delay and the gap between the
+    next ones, averaged over its recent streams. Lets the prompt check skip waiting for words
+    that will come too late, before waiting to see."""
+
+    def __init__(self) -> None:
+        self.first_s: float | None = None
+        self.gap_s = 0.0
+
+    def observe(self, first_s: float, gap_s: float) -> None:
+        if self.first_s is None:
+            self.first_s, self.gap_s = first_s, gap_s
+        else:
+            self.first_s = 0.7 * self.first_s + 0.3 * first_s
+            self.gap_s = 0.7 * self.gap_s + 0.3 * gap_s
+
+    def due_s(self, deltas: int) -> float | None:
+        """When `deltas` deltas are expected after the request (None: not seen yet)."""
+        return None if self.first_s is None else self.first_s + (deltas - 1) * self.gap_s
+
+
+_PACES: dict[str, UpstreamPace] = {}  # by upstream URL
+
+
+@dataclass
+class PromptChecked:
+    """The prompt check, with the first upstream items it took and their chunk verdict
+    (None when their text, if any, still has to be fed)."""
+
+    verdict: Verdict
+    items: list[UpstreamItem]
+    chunk: ChunkVerdict | None
 
 
 class SurrogateJoiner:
@@ -128,13 +168,16 @@ class ProxyStream:
         self.meta = ChatMeta(model=request.model or state.settings.model_name)
         self.messages: list[ChatMessage] = request.chat_messages()
         self.session: SteppedSession | None = None
-        self._start: asyncio.Task[Verdict] | None = None
+        self._start: asyncio.Task[PromptChecked] | None = None
         self._response: httpx.Response | None = None
         self._reader: asyncio.Task[None] | None = None
         self._items: asyncio.Queue[UpstreamItem] = asyncio.Queue()
         self._span = UpstreamSpan(self.meta.model, trace_headers or {})
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self._begun = 0.0  # loop time the prompt check and the upstream request started
+        self._arrivals: list[float] = []  # loop times of the first text deltas
+        self._pace = _PACES.setdefault(state.settings.upstream or "", UpstreamPace())
 
     def _upstream_request(self) -> httpx.Request:
         assert self.state.upstream is not None and self.state.settings.upstream is not None
@@ -155,7 +198,7 @@ class ProxyStream:
         """Start the prompt check and the upstream request together; fail before any output."""
         batcher, _ = self.state.require()
         self.session = SteppedSession(batcher, self.state.text, self.config)
-        self._start = asyncio.create_task(self.session.start(self.messages))
+        self._start = asyncio.create_task(self._check_prompt())
         assert self.state.upstream is not None
         try:
             self._response = await self.state.upstream.send(self._upstream_request(), stream=True)
@@ -239,6 +282,7 @@ class ProxyStream:
                 text = joiner.push(delta.get("content") or "")
                 entries = (choice.get("logprobs") or {}).get("content")
                 if text or entries:
+                    self._arrived()
                     out.put_nowait(UpstreamText(text, entries))
                 for call in delta.get("tool_calls") or []:
                     out.put_nowait(UpstreamToolCall(_tool_call_delta(call)))
@@ -297,10 +341,63 @@ class ProxyStream:
         text = f"{function.get('name', '')}({function.get('arguments', '')})"
         return await check_one(self.state, self.messages, text, self.config)
 
+    def _arrived(self) -> None:
+        """Time the first deltas; once those of the first release are in, record the pace."""
+        wanted = self._first_feed_deltas()
+        if len(self._arrivals) < wanted:
+            self._arrivals.append(asyncio.get_running_loop().time())
+            if len(self._arrivals) == wanted:
+                first, last = self._arrivals[0], self._arrivals[-1]
+                self._pace.observe(first - self._begun, (last - first) / max(1, wanted - 1))
+
     def _first_feed_deltas(self) -> int:
         """Deltas (about a word each) that reach the first check past the hold-back."""
         period = self.config.period if self.config.strategy == "periodic" else 1
         return self.config.hold_back + period + 1
+
+    async def _check_prompt(self) -> PromptChecked:
+        """The prompt check, with the first words folded into its pass when they come in time."""
+        assert self.session is not None
+        items = await self._first_items()
+        text = "".join(item.text for item in items if isinstance(item, UpstreamText))
+        verdict, chunk = await run_batched(self.session.batcher, self.session.text,
+                                           self.session.state.start_with(self.messages, text))
+        return PromptChecked(verdict, items, chunk)
+
+    async def _first_items(self) -> list[UpstreamItem]:
+        """The upstream items that arrive while waiting for them pays: up to the deltas of the
+        first release, while they are due sooner than folding them saves (`FOLD_SAVES` of a
+        pass of their own), and never past `FOLD_WAIT_CAP_S`, so a slow upstream barely
+        delays the verdict. The upstream's pace so far, and in its recent streams, says when."""
+        assert self.session is not None
+        wanted = self._first_feed_deltas()
+        loop = asyncio.get_running_loop()
+        self._begun = loop.time()
+        worth = min(FOLD_WAIT_CAP_S, FOLD_SAVES * self.session.batcher.small_pass_s)
+        due = self._pace.due_s(wanted)
+        if due is not None and due > worth:
+            return []  # this upstream's first words come too late to wait for
+        deadline = self._begun + worth
+        items: list[UpstreamItem] = []
+        texts = 0
+        while texts < wanted:
+            now = loop.time()
+            if texts >= 2:  # the pace so far says when the rest arrive
+                first = self._arrivals[0]
+                rest = (now - first) / (texts - 1) * (wanted - texts)
+                if rest > worth or now + rest > self._begun + FOLD_WAIT_CAP_S:
+                    break
+                deadline = self._begun + FOLD_WAIT_CAP_S
+            try:
+                item = await asyncio.wait_for(self._items.get(), deadline - now)
+            except TimeoutError:
+                break
+            items.append(item)
+            if isinstance(item, UpstreamText):
+                texts += 1
+            elif not isinstance(item, UpstreamToolCall):
+                break  # the end, or a failure
+        return items
 
     async def events(self) -> AsyncIterator[ChatEvent]:
         """Moderated events; the upstream is closed when they end, however they end."""
@@ -316,7 +413,8 @@ class ProxyStream:
     async def _events(self) -> AsyncIterator[ChatEvent]:
         assert self.session is not None and self._start is not None
         session = self.session
-        prompt = await self._start
+        checked = await self._start
+        prompt = checked.verdict
         if self.config.check_prompt and prompt.label == "unsafe":
             for event in self._intercept(0, prompt.score, "prompt"):
                 yield event
@@ -324,15 +422,20 @@ class ProxyStream:
         ledger = LogprobLedger()
         tool_deltas: list[dict[str, Any]] = []
         ended = False
-        first: int | None = self._first_feed_deltas()
+        folded = checked.chunk  # the verdict of the first items' text, checked with the prompt
+        first: int | None = None if folded is not None and folded.released else self._first_feed_deltas()
+        taken: list[UpstreamItem] | None = checked.items or None
         while not ended:
-            items = [await self._items.get()]
-            # what arrived during the last check goes in one feed (the session checks every
-            # scheduled position inside it); the first feed after the prompt check takes only
-            # what covers the hold-back, so the first text leaves after one small pass
-            while not self._items.empty() and (first is None or len(items) < first):
-                items.append(self._items.get_nowait())
-            first = None
+            if taken is not None:
+                items, taken = taken, None
+            else:
+                items = [await self._items.get()]
+                # what arrived during the last check goes in one feed (the session checks every
+                # scheduled position inside it); the first feed after the prompt check takes only
+                # what covers the hold-back, so the first text leaves after one small pass
+                while not self._items.empty() and (first is None or len(items) < first):
+                    items.append(self._items.get_nowait())
+                first = None
             texts: list[str] = []
             failure: Exception | None = None
             for item in items:
@@ -347,7 +450,8 @@ class ProxyStream:
                     ended = True
             text = "".join(texts)
             if text:
-                verdict = await session.feed(text)
+                verdict = folded if folded is not None else await session.feed(text)
+                folded = None
                 if verdict.released or ledger.pending:
                     released = ChatDelta(verdict.released, ledger.release(verdict.released))
                     if released.text or released.logprobs:
