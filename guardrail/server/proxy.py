@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +38,7 @@ from guardrail.server.driver import run_batched
 from guardrail.server.errors import APIError
 from guardrail.server.moderation import SteppedSession
 from guardrail.server.routes.check import check_one
-from guardrail.server.schemas import ChatCompletionRequest, GuardrailInfo
+from guardrail.server.schemas import ChatCompletionRequest, FiredCategories, GuardrailInfo
 from guardrail.server.state import ServerState
 from guardrail.server.upstream_trace import UpstreamSpan
 from guardrail.types import ChatMessage, ChunkVerdict, GuardConfig, InterceptEvent, Verdict
@@ -166,6 +166,7 @@ class ProxyStream:
         self.config = config
         self.authorization = authorization
         self.meta = ChatMeta(model=request.model or state.settings.model_name)
+        self.fired = FiredCategories()  # categories that fired at the answer's checks
         self.messages: list[ChatMessage] = request.chat_messages()
         self.session: SteppedSession | None = None
         self._start: asyncio.Task[PromptChecked] | None = None
@@ -322,15 +323,16 @@ class ProxyStream:
               tool_calls: list[Verdict] | None = None) -> GuardrailInfo:
         assert self.session is not None
         checks = self.session.checks + len(tool_calls or [])
-        return GuardrailInfo(intercepted=intercept is not None, intercept=intercept, prompt=prompt,
-                             checks=checks, mode="proxy", tool_calls=tool_calls)
+        return GuardrailInfo.of(mode="proxy", prompt=prompt, checks=checks, intercept=intercept,
+                                response=self.fired, tool_calls=tool_calls)
 
     def _intercept(self, index: int, score: float, stage: str,
-                   tool_calls: list[Verdict] | None = None) -> list[ChatEvent]:
+                   tool_calls: list[Verdict] | None = None,
+                   flagged: Sequence[str] = ()) -> list[ChatEvent]:
         assert self.session is not None
         self.state.metrics.intercepts.inc(source="proxy")
         event = InterceptEvent(index=index, score=score, action=self.config.action,
-                               stage=stage)  # type: ignore[arg-type]
+                               stage=stage, flagged_categories=list(flagged))  # type: ignore[arg-type]
         info = self._info(self.session.prompt_verdict, intercept=event, tool_calls=tool_calls)
         refusal = [ChatDelta(REFUSAL)] if self.config.action == "refuse" else []
         return [*refusal, ChatEnd("content_filter", info, self.usage)]
@@ -416,7 +418,7 @@ class ProxyStream:
         checked = await self._start
         prompt = checked.verdict
         if self.config.check_prompt and prompt.label == "unsafe":
-            for event in self._intercept(0, prompt.score, "prompt"):
+            for event in self._intercept(0, prompt.score, "prompt", flagged=prompt.flagged_categories):
                 yield event
             return
         ledger = LogprobLedger()
@@ -452,12 +454,14 @@ class ProxyStream:
             if text:
                 verdict = folded if folded is not None else await session.feed(text)
                 folded = None
+                self.fired.add(verdict.flagged_categories, verdict.blocked_categories)
                 if verdict.released or ledger.pending:
                     released = ChatDelta(verdict.released, ledger.release(verdict.released))
                     if released.text or released.logprobs:
                         yield released
                 if verdict.intercepted:
-                    for event in self._intercept(verdict.intercept_index or 0, verdict.score, "response"):
+                    for event in self._intercept(verdict.intercept_index or 0, verdict.score, "response",
+                                                 flagged=verdict.flagged_categories):
                         yield event
                     return
             if failure is not None:
@@ -468,11 +472,13 @@ class ProxyStream:
                     "code": "upstream_stream"})
                 return
         verdict = await session.close()
+        self.fired.add(verdict.flagged_categories, verdict.blocked_categories)
         if verdict.released or ledger.pending:
             everything = not verdict.intercepted
             yield ChatDelta(verdict.released, ledger.release(verdict.released, everything=everything))
         if verdict.intercepted:
-            for event in self._intercept(verdict.intercept_index or 0, verdict.score, "response"):
+            for event in self._intercept(verdict.intercept_index or 0, verdict.score, "response",
+                                         flagged=verdict.flagged_categories):
                 yield event
             return
         verdicts: list[Verdict] | None = None
@@ -481,7 +487,8 @@ class ProxyStream:
             verdicts = list(await asyncio.gather(*(self._check_tool_call(call) for call in calls)))
             flagged = next((v for v in verdicts if v.label == "unsafe"), None)
             if flagged is not None:  # the calls never leave: a tool would act on them
-                for event in self._intercept(len(session.response), flagged.score, "response", verdicts):
+                for event in self._intercept(len(session.response), flagged.score, "response", verdicts,
+                                             flagged=flagged.flagged_categories):
                     yield event
                 return
             for delta in tool_deltas:
