@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from guardrail.client import AsyncGuardrailClient, GuardrailClient
+from guardrail.client.errors import GuardrailRequestError
 from guardrail.model.head import MODERATION_CATEGORIES as HEAD_CATEGORIES
 from guardrail.model.prompts import InputError
 from guardrail.moderation import (
@@ -222,20 +223,31 @@ def test_every_surface_gives_the_same_response(guard: Any, real_sidecar: ServerT
     _same_response(embedded, _client(real_sidecar).moderations.create(input=input))
 
 
+STRICTER = GuardConfig(categories={"hate": CategoryRule(action="block", threshold=0.0)})
+
+
 @pytest.mark.model
 def test_category_rules_apply_the_same_on_every_surface(guard: Any, real_sidecar: ServerThread) -> None:
-    """`allow` drops a category from `categories` (its score stays); `block` flags on its own."""
+    """`allow` drops a category from `categories` (its score stays); `block` flags on its own.
+
+    Embedded, the guard's owner may relax; a sidecar's operator floor refuses a request that
+    would (422 naming the rule), so the remote surfaces get the stricter rules only.
+    """
     plain = guard.moderations(REQUESTS)
     ruled = guard.moderations(REQUESTS, config=RULES)
     bomb, _, bread = ruled.results
     assert plain.results[0].categories["illicit/violent"] and not bomb.categories["illicit/violent"]
     assert bomb.category_scores == plain.results[0].category_scores
     assert not plain.results[2].flagged and bread.flagged and bread.categories["hate"]
+    stricter = guard.moderations(REQUESTS, config=STRICTER)
+    assert stricter.results[2].flagged and stricter.results[0].categories["illicit/violent"]
     with GuardrailClient(real_sidecar.url) as client:
-        _same_response(ruled, client.moderations(REQUESTS, config=RULES))
-    _same_response(ruled, asyncio.run(_amoderate(real_sidecar.url, REQUESTS, RULES)))
-    extension = {"config": RULES.model_dump(mode="json", exclude_unset=True)}
-    _same_response(ruled, _client(real_sidecar).moderations.create(input=REQUESTS, extra_body=extension))
+        _same_response(stricter, client.moderations(REQUESTS, config=STRICTER))
+        with pytest.raises(GuardrailRequestError, match=r"illicit/violent\.action"):
+            client.moderations(REQUESTS, config=RULES)
+    _same_response(stricter, asyncio.run(_amoderate(real_sidecar.url, REQUESTS, STRICTER)))
+    extension = {"config": STRICTER.model_dump(mode="json", exclude_unset=True)}
+    _same_response(stricter, _client(real_sidecar).moderations.create(input=REQUESTS, extra_body=extension))
 
 
 def test_every_guard_has_the_call_and_older_guards_still_conform() -> None:
