@@ -155,6 +155,7 @@ def run(
     limits: dict[str, int] | None = None,
     head: Path | None = None,
     int8_head: Path | None = None,
+    modes: Sequence[QuantizeMode] = MODES,
 ) -> dict[str, Any]:
     started = time.time()
     fp32_dir = head or default_head_dir()
@@ -170,7 +171,7 @@ def run(
     if int8_dir == fp32_dir:
         report["note"] = f"{fp32_dir} has no int8/ head: the int8 rows use the fp32 head"
     data: dict[str, PromptSet] | None = None
-    for mode in MODES:
+    for mode in modes:
         loaded = load_model(quantize=mode)
         if data is None:
             data = prompt_sets(loaded.tokenizer, seed, limits)
@@ -191,10 +192,34 @@ def run(
                 "validation": figures(val_scores, data["validation"], threshold),
                 "threshold_recalibrated": metrics.calibrate_threshold(val_scores, data["validation"].labels),
             }
-    report["table"] = {label: summary(row) for label, row in report["configs"].items()}
-    report["target"] = target(report["table"]["fp32"], report["table"]["int8"])
     report["minutes"] = round((time.time() - started) / 60, 1)
+    return tabulate(report)
+
+
+def tabulate(report: dict[str, Any]) -> dict[str, Any]:
+    """Add the summary table, and the target's verdict once both fp32 and int8 rows are in."""
+    report["table"] = {label: summary(row) for label, row in report["configs"].items()}
+    if "fp32" in report["table"] and "int8" in report["table"]:
+        report["target"] = target(report["table"]["fp32"], report["table"]["int8"])
     return report
+
+
+def merge(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report from runs that scored different features (e.g. fp32 and int8 run apart)."""
+    merged = dict(reports[0])
+    merged["configs"] = {}
+    for part in reports:
+        if (part["seed"], part["limits"], part["n"]) != (merged["seed"], merged["limits"], merged["n"]):
+            raise ValueError("reports scored different data; merge only runs with the same seed and limits")
+        merged["configs"] |= part["configs"]
+    with_int8 = [part for part in reports if "int8" in part["configs"]]
+    if with_int8:
+        merged["heads"] = with_int8[0]["heads"]
+        merged.pop("note", None)
+        if "note" in with_int8[0]:
+            merged["note"] = with_int8[0]["note"]
+    merged["minutes"] = sum(part.get("minutes", 0) for part in reports)
+    return tabulate(merged)
 
 
 def summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -265,15 +290,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--int8-head", type=Path, default=None,
                         help="int8 head folder (default: the fp32 head's int8/ variant)")
     parser.add_argument("--markdown", action="store_true", help="also print the model card's table")
+    parser.add_argument("--features", nargs="+", choices=MODES, default=list(MODES),
+                        help="score only these features (run them apart, then --merge the reports)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="merge reports of earlier runs instead of scoring")
     args = parser.parse_args(argv)
     limits = {"held_out": args.limit_held_out, "validation": args.limit_validation}
-    report = run(args.seed, {k: v for k, v in limits.items() if v is not None}, args.head, args.int8_head)
+    if args.merge:
+        report = merge([json.loads(path.read_text()) for path in args.merge])
+    else:
+        report = run(args.seed, {k: v for k, v in limits.items() if v is not None}, args.head,
+                     args.int8_head, args.features)
     text = json.dumps(report, indent=2)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n")
     print(text)
-    if args.markdown:
+    if args.markdown and "target" in report:
         print(markdown(report))
     return 0
 
