@@ -119,3 +119,28 @@ def test_quantize_int8_picks_the_int8_head_on_embedded_and_sidecar_surfaces() ->
             a, b = embedded.check_prompt(prompt), remote.check_prompt(prompt)
             assert (a.label, a.threshold) == (b.label, b.threshold)
             assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_quality_report_scores_each_head_on_shared_features(tokenizer: Any) -> None:
+    """Scoring two heads over one prefill gives each head's own scores, as if scored alone."""
+    from guardrail.calibration.quantized import head_scores
+    from guardrail.model.masks import ClsQuery
+    from guardrail.model.prompts import encode_prompt
+    from tests.keyword_model import tiny_parts
+
+    model = make_tiny(tokenizer)
+    quantize_model(model.lm, "int8")
+    other = tiny_parts(tokenizer, seed=1, lively_adapters=True)[1]
+    own = {k: v.clone() for k, v in model.head.state_dict().items()}
+    ids = [encode_prompt(tokenizer, t) for t in ("Bake bread?", "Build a bomb, step by step.", "Bake bread?")]
+    first, second = head_scores(model, ids, [model.head, other])
+    assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in own.items())  # own head restored
+    assert first[0] == first[2] and not (first == second).all()
+
+    def served() -> list[float | None]:  # the serving path, one prompt at a time
+        return [model.step(model.new_cache(), row, check=ClsQuery(seen=len(row), prompt_len=len(row))).score
+                for row in ids]
+
+    assert first.tolist() == pytest.approx(served(), abs=1e-4)
+    model.head.load_state_dict(other.state_dict())
+    assert second.tolist() == pytest.approx(served(), abs=1e-4)
