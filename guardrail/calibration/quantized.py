@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from guardrail.model.quantize import QuantizeMode  # first: it quiets torchao's import notices
 
@@ -106,6 +107,7 @@ def head_scores(
     scored: list[dict[tuple[int, ...], float]] = [{} for _ in heads]
     pad = int(model.tokenizer.eos_token_id or 0)
     start = 0
+    progress = tqdm(total=len(unique), desc=f"prompt checks ({len(heads)} heads)", unit="prompt")
     try:
         while start < len(unique):
             end = start + 1
@@ -123,8 +125,10 @@ def head_scores(
                 _, cls_hidden = model.forward_pass(cache, empty, queries)
                 assert cls_hidden is not None
                 out.update(zip(rows, model.head.unsafe_probability(cls_hidden)[:, 0].tolist(), strict=True))
+            progress.update(end - start)
             start = end
     finally:
+        progress.close()
         model.head.load_state_dict(own)
     return [np.array([out[tuple(row)] for row in ids]) for out in scored]
 
