@@ -144,3 +144,32 @@ def test_quality_report_scores_each_head_on_shared_features(tokenizer: Any) -> N
     assert first.tolist() == pytest.approx(served(), abs=1e-4)
     model.head.load_state_dict(other.state_dict())
     assert second.tolist() == pytest.approx(served(), abs=1e-4)
+
+
+def test_train_quantize_flag_fine_tunes_from_the_shipped_head(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    """`guardrail train --quantize int8` starts from the shipped head, one epoch unless told;
+    a plain `guardrail train` keeps its four epochs."""
+    from guardrail.cli import main
+    from guardrail.training import pipeline, quantized
+
+    calls: dict[str, dict[str, Any]] = {}
+
+    def fake_finetune(init_from: Path, output: Path, **kw: Any) -> dict[str, Any]:
+        calls["int8"] = {"init_from": init_from, "output": output} | kw
+        return {"threshold": 0.5, "validation_before": {}, "validation": {}}
+
+    def fake_run(output: Path, **kw: Any) -> dict[str, Any]:
+        calls["fp32"] = {"output": output} | kw
+        return {"threshold": 0.5, "held_out_auroc": 1.0, "held_out_groups": {}}
+
+    monkeypatch.setattr(quantized, "finetune", fake_finetune)
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    assert main(["train", "--quantize", "int8", "--output", str(tmp_path), "--fraction", "0.5"]) == 0
+    assert calls["int8"]["init_from"] == default_head_dir() and calls["int8"]["epochs"] == 1
+    assert (calls["int8"]["quantize"], calls["int8"]["fraction"], calls["int8"]["lr"]) == ("int8", 0.5, 3e-4)
+    assert main(["train", "--quantize", "int8", "--output", str(tmp_path), "--epochs", "2",
+                 "--init-from", str(tmp_path)]) == 0
+    assert calls["int8"]["epochs"] == 2 and calls["int8"]["init_from"] == tmp_path
+    assert main(["train", "--output", str(tmp_path), "--no-folds"]) == 0
+    assert calls["fp32"]["epochs"] == 4
