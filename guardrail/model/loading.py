@@ -67,6 +67,27 @@ def cache_dir() -> Path:
     return Path(base) / "guardrail"
 
 
+#: A head trained on a quantized model's features lives in a subfolder named after the mode.
+QUANTIZED_HEAD_SUBDIRS: dict[str, str] = {"int8": "int8"}
+
+
+def resolve_head_dir(head: str | os.PathLike[str] | None, quantize: QuantizeMode) -> Path:
+    """The head folder to load for a model running in `quantize` mode.
+
+    `head` (default: the shipped head) is used as given for fp32. A quantized model takes the
+    head fine-tuned on its own features, with its own calibrated threshold, from the head's
+    mode subfolder (`int8/`) when there is one, so every surface built on the loaded model
+    reports that head's threshold; a head folder without one is used as given.
+    """
+    from guardrail.model.head import HEAD_CONFIG, default_head_dir
+
+    base = Path(head).expanduser() if head is not None else default_head_dir()
+    subdir = QUANTIZED_HEAD_SUBDIRS.get(quantize)
+    if subdir is not None and (base / subdir / HEAD_CONFIG).is_file():
+        return base / subdir
+    return base
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """fp32 on CPU (bf16 is several times slower there), bf16 on CUDA unless told otherwise."""
     if isinstance(dtype, torch.dtype):

@@ -97,8 +97,41 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x * scale.reciprocal()).clamp_(-128, 127).to(torch.int8), scale
 
 
+def _int8_product(rows: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """fp32 rows [M, K] times the int8 weight [N, K]^T, through int8 activations: [M, N] fp32."""
+    values, scale = quantize_rows(rows)
+    out = torch._int_mm(values, weight.t()).float()
+    return out.mul_(scale).mul_(weight_scale)
+
+
+class _Int8Product(torch.autograd.Function):
+    """The int8 product with a straight-through gradient, for training a head on int8 features.
+
+    The forward pass is exactly the inference product (so a head trained through it sees the
+    features it will be served); the backward pass treats the rounding as the identity and
+    multiplies by the dequantized weight. Only the input gets a gradient: the weights are frozen.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, rows: torch.Tensor, weight: torch.Tensor,
+                weight_scale: torch.Tensor, dequantized: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(dequantized)
+        return _int8_product(rows, weight, weight_scale)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None]:
+        (dequantized,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad @ dequantized, None, None, None
+
+
 class Int8Linear(nn.Module):
-    """A frozen linear layer computing int8 x int8 -> int32, rescaled to the input's dtype."""
+    """A frozen linear layer computing int8 x int8 -> int32, rescaled to the input's dtype.
+
+    When its input needs a gradient (training the [CLS] path on int8 features), the same
+    product runs with a straight-through gradient (`_Int8Product`).
+    """
 
     weight: torch.Tensor
     weight_scale: torch.Tensor
@@ -120,12 +153,21 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, shape[-1]).float()
         if rows.shape[0] == 0:
             return x.new_zeros(*shape[:-1], self.out_features)
-        values, scale = quantize_rows(rows)
-        out = torch._int_mm(values, self.weight.t()).float()
-        out.mul_(scale).mul_(self.weight_scale)
+        if rows.requires_grad and torch.is_grad_enabled():
+            out = _Int8Product.apply(rows, self.weight, self.weight_scale, self._dequantized())
+        else:
+            out = _int8_product(rows, self.weight, self.weight_scale)
         if self.bias is not None:
-            out.add_(self.bias)
+            out = out + self.bias
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def _dequantized(self) -> torch.Tensor:
+        """The fp32 weight the int8 one stands for (training only: kept once made, [out, in])."""
+        cached: torch.Tensor | None = self.__dict__.get("_dequantized_weight")
+        if cached is None:
+            cached = self.weight.float() * self.weight_scale.reshape(-1, 1)
+            self.__dict__["_dequantized_weight"] = cached
+        return cached
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"

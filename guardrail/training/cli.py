@@ -14,7 +14,9 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         "--model", default=None, help="local Hugging Face model folder (default: SmolLM2-135M)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default 4; 1 with --quantize int8)"
+    )
     parser.add_argument("--no-folds", action="store_true", help="skip leave-one-source-out folds")
     parser.add_argument(
         "--compare",
@@ -60,10 +62,33 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         help="head folder that --categories, --category and --probe read (default: shipped head)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny run to check the pipeline end to end")
+    parser.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: fine-tune --init-from on int8 features (keys/values cached apart from fp32 ones)",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="with --quantize int8: the head to start from (default: the shipped fp32 head)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="with --quantize int8: learning rate (default 3e-4)"
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="with --quantize int8: a stratified share of every training group (for a slow machine)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.quantize != "none":
+        return _run_quantized(args)
+    args.epochs = args.epochs if args.epochs is not None else 4
     if args.category or args.categories:
         return _run_categories(args)
     if args.finetune_generated:
@@ -116,6 +141,27 @@ def _run(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def _run_quantized(args: argparse.Namespace) -> int:
+    """A head for a quantized model: the fp32 head fine-tuned briefly on that model's features."""
+    from guardrail.model.head import default_head_dir
+    from guardrail.training.quantized import finetune
+
+    report = finetune(
+        Path(args.init_from) if args.init_from else default_head_dir(),
+        Path(args.output),
+        model=args.model,
+        quantize=args.quantize,
+        seed=args.seed,
+        epochs=args.epochs if args.epochs is not None else 1,
+        lr=args.lr if args.lr is not None else 3e-4,
+        fraction=args.fraction,
+        generated_answers=not args.no_generated_answers,
+        quick=args.quick,
+    )
+    print(json.dumps({k: report[k] for k in ("threshold", "validation_before", "validation")}, indent=2))
     return 0
 
 

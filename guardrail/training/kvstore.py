@@ -19,6 +19,7 @@ from transformers import DynamicCache
 
 from guardrail.model.engine import SafetyModel
 from guardrail.model.masks import ClsQuery
+from guardrail.model.quantize import quantization_of
 from guardrail.training.samples import Sample
 
 
@@ -38,6 +39,22 @@ class Shard:
         """[B, M] labels, -1 where a row has fewer checks than the widest row."""
         width = max(len(s.labels) for s in self.samples)
         return torch.tensor([s.labels + [-1] * (width - len(s.labels)) for s in self.samples])
+
+
+def kv_name(model: SafetyModel) -> str:
+    """The name a model's keys and values are filed under: its name, plus its quantization.
+
+    int8 keys and values differ from fp32 ones (int8 activations in every projection), so they
+    get their own folder and their own shard keys and can never be read as the other's. The
+    fp32 name is the bare model name, so existing fp32 caches stay valid.
+    """
+    mode = quantization_of(model.decoder)
+    return model.name if mode == "none" else f"{model.name}+{mode}"
+
+
+def kv_root(work: Path, model: SafetyModel) -> Path:
+    """The folder of a model's shards under a training work folder."""
+    return work / "kv" / kv_name(model)
 
 
 def _key(model_name: str, samples: list[Sample]) -> str:
@@ -71,8 +88,9 @@ def build(model: SafetyModel, root: Path, groups: dict[str, list[Sample]]) -> li
     shards: list[Shard] = []
     pad = int(model.tokenizer.eos_token_id or 0)
     prefixes: dict[tuple[int, ...], tuple[DynamicCache, torch.Tensor]] = {}
-    for group, batch in tqdm(plan, desc="keys/values", unit="shard"):
-        path = root / f"{_key(model.name, batch)}.safetensors"
+    name = kv_name(model)
+    for group, batch in tqdm(plan, desc=f"keys/values ({name})", unit="shard"):
+        path = root / f"{_key(name, batch)}.safetensors"
         shards.append(Shard(path, group, batch))
         if path.is_file():
             continue
