@@ -38,12 +38,12 @@ def load_safety_model(
 ) -> SafetyModel:
     """Load a base model and attach a trained safety head to it (`quantize="int8"`: int8 CPU path)."""
     from guardrail.model.engine import SafetyModel
-    from guardrail.model.head import SafetyHead, default_head_dir
-    from guardrail.model.loading import load_model
+    from guardrail.model.head import SafetyHead
+    from guardrail.model.loading import load_model, resolve_head_dir
 
     loaded = load_model(model, device=device, dtype=dtype, quantize=quantize)
-    head_dir = Path(head) if head is not None else default_head_dir()
-    safety_head = SafetyHead.load(head_dir)
+    # int8 features get the head calibrated on them (`<head>/int8/`), when the head has one
+    safety_head = SafetyHead.load(resolve_head_dir(head, loaded.quantize))
     return SafetyModel(loaded.model, loaded.tokenizer, safety_head, name=loaded.name, max_context=max_context)
 
 

@@ -102,7 +102,6 @@ def test_shipped_recipe_rebuilds_the_shipped_heads_groups() -> None:
 
 
 @pytest.mark.model
-@pytest.mark.xfail(strict=True, reason="needs guardrail.embedded.load_safety_model to call resolve_head_dir")
 def test_quantize_int8_picks_the_int8_head_on_embedded_and_sidecar_surfaces() -> None:
     from guardrail import Guard
     from guardrail.server import Settings, create_app
