@@ -222,11 +222,12 @@ def main() -> None:
     emit(figures, args.json)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _logits(out: StepOutput) -> torch.Tensor:
     """The next-token logits of a plain step (no [CLS] query)."""
     assert out.logits is not None
     return out.logits
+
+
+if __name__ == "__main__":
+    main()
+
