@@ -156,10 +156,8 @@ def stream_verdict(out: StepOutput, queries: Sequence[ClsQuery], config: GuardCo
     """
     policy = TauPolicy.from_config(config)
     fired: list[str] = []
-    scores = out.scores or [float(out.score or 0.0)]
-    per_check = out.category_scores or [out.categories] * len(scores)
     last = len(queries) - 1
-    for i, (score, categories) in enumerate(zip(scores, per_check, strict=True)):
+    for i, (score, categories) in enumerate(zip(out.scores, out.category_scores, strict=True)):
         judged = judge_check(score, config, categories, category_thresholds)
         fired += [name for name in judged.flagged if name not in fired]
         acted = record_check(policy, score, judged)

@@ -123,7 +123,7 @@ class Sampler:
         self.generator: torch.Generator | None = None
 
     def pick(self, out: StepOutput, sample: bool) -> Sampled:
-        categories = out.category_scores or [{} for _ in out.scores]
+        categories = out.category_scores
         if not sample or out.logits is None:
             return Sampled(None, out.scores, categories)
         if self.generator is None and self.params.seed is not None:  # on the logits' device (CUDA too)

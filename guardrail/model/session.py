@@ -164,7 +164,7 @@ class ModerationState:
 
     def _split_prompt_check(self, out: StepOutput, started: float) -> StepOutput:
         """Record the prompt check (the last of a folded pass); the chunk's own share of `out`."""
-        per_check = out.category_scores or [out.categories] * len(out.scores)
+        per_check = out.category_scores
         self._prompt_checked(out.scores[-1], per_check[-1], started)
         scores = out.scores[:-1]
         changes: dict[str, Any] = {
@@ -249,8 +249,7 @@ class ModerationState:
             out = yield self._request(part, [self._query(p - at) for p in here])
             self.in_cache += len(part)
             at += len(part)
-            per_check = out.category_scores or [{} for _ in here]
-            for position, score, categories in zip(here, out.scores, per_check, strict=True):
+            for position, score, categories in zip(here, out.scores, out.category_scores, strict=True):
                 fired = self._apply(position, score, final=final and position == end, categories=categories)
                 _union(flagged, fired.flagged)
                 _union(blocked, fired.blocked)
