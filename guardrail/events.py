@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from guardrail.types import DoneEvent, GenerationEvent, GenerationResult, InterceptEvent, ScoreEvent
+from guardrail.types import (
+    DoneEvent,
+    GenerationEvent,
+    GenerationResult,
+    InterceptEvent,
+    ScoreEvent,
+    union_names,
+)
 
 
 class ResultCollector:
@@ -25,7 +32,7 @@ class ResultCollector:
     def add(self, event: GenerationEvent) -> None:
         if isinstance(event, ScoreEvent):
             self.last_score = event.score
-            self.flagged.extend(name for name in event.flagged_categories if name not in self.flagged)
+            self.flagged = union_names(self.flagged, event.flagged_categories)
         elif isinstance(event, InterceptEvent):
             self.intercept = event
         elif isinstance(event, DoneEvent):
@@ -36,8 +43,7 @@ class ResultCollector:
         done = self.done
         if done is None:
             raise missing("the generation stream ended without a done event")
-        flagged = list(done.flagged_categories)
-        flagged.extend(name for name in self.flagged if name not in flagged)
+        flagged = union_names(done.flagged_categories, self.flagged)
         return GenerationResult(
             text=done.text, intercepted=done.intercepted, intercept_index=done.intercept_index,
             score=self.intercept.score if self.intercept else self.last_score,

@@ -5,7 +5,7 @@ One set of types keeps the embedded `Guard` and the sidecar client interchangeab
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -82,6 +82,11 @@ class CategoryRule(BaseModel):
 
 
 DEFAULT_CATEGORY_RULE = CategoryRule()
+
+
+def union_names(*groups: Iterable[str]) -> list[str]:
+    """Names from every group, each once, in the order they first appear (first fired)."""
+    return list(dict.fromkeys(name for group in groups for name in group))
 
 
 class CategoryOutcome(NamedTuple):

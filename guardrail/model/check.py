@@ -24,7 +24,7 @@ from guardrail.model.prompts import (
     encode_text,
     fit_prompt,
 )
-from guardrail.types import CategoryRule, GuardConfig, Verdict, categories_fired, label_for
+from guardrail.types import CategoryRule, GuardConfig, Verdict, categories_fired, label_for, union_names
 
 if TYPE_CHECKING:
     from guardrail.model.engine import SafetyModel
@@ -159,7 +159,7 @@ def stream_verdict(out: StepOutput, queries: Sequence[ClsQuery], config: GuardCo
     last = len(queries) - 1
     for i, (score, categories) in enumerate(zip(out.scores, out.category_scores, strict=True)):
         judged = judge_check(score, config, categories, category_thresholds)
-        fired += [name for name in judged.flagged if name not in fired]
+        fired = union_names(fired, judged.flagged)
         acted = record_check(policy, score, judged)
         if acted or i == last:
             verdict = verdict_for(score, config, queries[last].seen, started, dict(categories),

@@ -39,6 +39,7 @@ from guardrail.types import (
     Timings,
     TokenEvent,
     Usage,
+    union_names,
 )
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -167,7 +168,7 @@ class _Stream:
     def judge(self, score: float, categories: dict[str, float]) -> CheckJudgement:
         """One check under the config (binary gate, then category rules); remembers what fired."""
         judged = judge_check(score, self.config, categories, self.model.head.category_thresholds)
-        self.flagged.extend(name for name in judged.flagged if name not in self.flagged)
+        self.flagged = union_names(self.flagged, judged.flagged)
         self.last_unsafe = judged.unsafe
         return judged
 

@@ -21,7 +21,7 @@ from guardrail.model.plans import Forward, Plan, Tokenize, _Done, resume, run_in
 from guardrail.model.policy import CheckSchedule, TauPolicy
 from guardrail.model.prompts import LimitError, PromptInput, encode_prompt, fit_prompt
 from guardrail.model.tokenstream import IncrementalTokenizer
-from guardrail.types import ChunkVerdict, GuardConfig, Verdict, label_for
+from guardrail.types import ChunkVerdict, GuardConfig, Verdict, label_for, union_names
 
 
 class SessionClosedError(RuntimeError):
@@ -251,8 +251,8 @@ class ModerationState:
             at += len(part)
             for position, score, categories in zip(here, out.scores, out.category_scores, strict=True):
                 fired = self._apply(position, score, final=final and position == end, categories=categories)
-                _union(flagged, fired.flagged)
-                _union(blocked, fired.blocked)
+                flagged = union_names(flagged, fired.flagged)
+                blocked = union_names(blocked, fired.blocked)
                 if self.closed:
                     break
         if final and not self.closed:
@@ -323,13 +323,6 @@ class ModerationState:
         self.cache = self.model.new_cache()
         yield self._request(self.prompt_ids + recent, [])
         self.in_cache = len(recent)
-
-
-def _union(into: list[str], names: list[str]) -> None:
-    """Add `names` to `into`, keeping the order of first appearance."""
-    for name in names:
-        if name not in into:
-            into.append(name)
 
 
 class ModerationSession:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict
+from guardrail.types import ChatMessage, GuardConfig, InterceptEvent, Verdict, union_names
 
 PromptBody = str | list[ChatMessage]
 MIN_TEMPERATURE = 1e-3
@@ -273,11 +273,6 @@ class ChatCompletionRequest(ValidUnicode):
         return None
 
 
-def union(*groups: Sequence[str]) -> list[str]:
-    """Names from every group, each once, in the order they first fired."""
-    return list(dict.fromkeys(name for group in groups for name in group))
-
-
 class FiredCategories(BaseModel):
     """Categories that fired over a stream's checks (a union, in order of first firing)."""
 
@@ -286,8 +281,8 @@ class FiredCategories(BaseModel):
 
     def add(self, flagged: Sequence[str], blocked: Sequence[str] = ()) -> None:
         """Count one check (a `ScoreEvent`'s or a `ChunkVerdict`'s categories)."""
-        self.flagged = union(self.flagged, flagged, blocked)
-        self.blocked = union(self.blocked, blocked)
+        self.flagged = union_names(self.flagged, flagged, blocked)
+        self.blocked = union_names(self.blocked, blocked)
 
 
 class GuardrailInfo(BaseModel):
@@ -322,12 +317,13 @@ class GuardrailInfo(BaseModel):
         calls = self.tool_calls or []
         cut = self.intercept.flagged_categories if self.intercept is not None else []
         at_response_cut = cut if self.intercept is not None and self.intercept.stage == "response" else []
-        self.response_flagged_categories = union(self.response_flagged_categories, at_response_cut,
-                                                 *(v.flagged_categories for v in calls))
-        self.response_blocked_categories = union(self.response_blocked_categories,
-                                                 *(v.blocked_categories for v in calls))
-        self.flagged_categories = union(self.prompt.flagged_categories if self.prompt is not None else [],
-                                        self.response_flagged_categories, cut, self.flagged_categories)
+        prompt = self.prompt.flagged_categories if self.prompt is not None else []
+        self.response_flagged_categories = union_names(self.response_flagged_categories, at_response_cut,
+                                                       *(v.flagged_categories for v in calls))
+        self.response_blocked_categories = union_names(self.response_blocked_categories,
+                                                       *(v.blocked_categories for v in calls))
+        self.flagged_categories = union_names(prompt, self.response_flagged_categories, cut,
+                                              self.flagged_categories)
         return self
 
     @classmethod
