@@ -95,6 +95,24 @@ def test_shipped_int8_head_is_a_finetune_of_the_fp32_head_with_its_own_threshold
     assert all("#val" in g for g in report["validation_groups"])
 
 
+def test_shipped_int8_threshold_matches_the_fp32_operating_point_on_unseen_validation_rows() -> None:
+    """The int8 threshold is the matched one, chosen on rows neither head trained on, never held out."""
+    from guardrail.training.operating_point import MATCHED_RULE
+    from guardrail.training.recipe import is_held_out
+
+    report = json.loads((INT8_HEAD / "report.json").read_text())
+    matching = report["threshold_matching"]
+    assert report["threshold_rule"] == MATCHED_RULE
+    assert SafetyHead.load(INT8_HEAD).config.threshold == pytest.approx(matching["threshold"])
+    fp32_threshold = SafetyHead.load(default_head_dir()).config.threshold
+    assert matching["reference"]["threshold"] == pytest.approx(fp32_threshold)
+    assert not any(is_held_out(group) for group in matching["groups"])
+    assert not set(matching["groups"]) & set(report["trained_groups"])
+    assert "hard_negative" in matching["groups"] and matching["rows"]["alarming"] >= 500
+    for kind, rate in matching["variant"]["fpr_by_kind"].items():
+        assert rate <= matching["reference"]["fpr_by_kind"][kind]
+
+
 def test_shipped_recipe_rebuilds_the_shipped_heads_groups() -> None:
     recipe = shipped_recipe(0)
     assert recipe.rewordings_per_request == 0 and recipe.hard_negatives == 0

@@ -28,6 +28,7 @@ from guardrail.model.engine import SafetyModel
 from guardrail.model.head import HeadConfig, SafetyHead
 from guardrail.training import kvstore, metrics
 from guardrail.training import trajectories as traj
+from guardrail.training.operating_point import KindScores, per_kind_threshold
 from guardrail.training.recipe import split_validation
 from guardrail.training.samples import Sample, prompt_sample, trajectory_sample
 from guardrail.training.sources import Example
@@ -79,7 +80,7 @@ def trained(model: SafetyModel, tokenizer: Any, tmp_path_factory: pytest.TempPat
     val_shards = [s for s in shards if "#val" in s.group]
     losses = train(model, train_shards, TrainConfig(epochs=EPOCHS, lr=5e-2, seed=0), desc="toy")
     val = score(model, val_shards)
-    threshold = metrics.calibrate_threshold(val.prompt_scores, val.prompt_labels)
+    threshold = per_kind_threshold(KindScores.scored(val, val_shards))
     out = work / "head"
     model.head.save(out, extra={"threshold": threshold})
     return {"plans": plans, "generated": generated, "again": again, "shards": shards, "rebuilt": rebuilt,

@@ -38,6 +38,7 @@ from guardrail.model.head import SafetyHead, default_head_dir
 from guardrail.model.loading import load_model, resolve_head_dir
 from guardrail.model.masks import ClsQuery
 from guardrail.training import metrics
+from guardrail.training import operating_point as op
 from guardrail.training.quantized import recipe_groups
 from guardrail.training.recipe import is_held_out
 from guardrail.training.samples import Sample
@@ -61,6 +62,8 @@ class PromptSet:
     ids: list[list[int]]
     labels: np.ndarray
     groups: list[str]
+    #: Each row's full group name (augmentation and source), which says its benign kind.
+    sources: list[str]
 
 
 def _no_answers(plans: list[Trajectory], _max_new: int) -> list[Trajectory]:
@@ -74,14 +77,17 @@ def prompt_sets(tokenizer: Any, seed: int = 0, limits: dict[str, int] | None = N
     for name, samples in sorted(groups.items()):
         split = "held_out" if is_held_out(name) else "validation" if "#val" in name else None
         if split is not None:
-            picked[split] += [(name.split("|")[0].split("#")[0], s) for s in samples]
+            picked[split] += [(name, s) for s in samples]
     out = {}
     for split, rows in picked.items():
         limit = (limits or {}).get(split)
         if limit is not None and len(rows) > limit:
             rows = random.Random(seed).sample(rows, limit)
         out[split] = PromptSet(
-            [s.prompt_ids for _, s in rows], np.array([s.prompt_label for _, s in rows]), [g for g, _ in rows]
+            [s.prompt_ids for _, s in rows],
+            np.array([s.prompt_label for _, s in rows]),
+            [g.split("|")[0].split("#")[0] for g, _ in rows],
+            [g for g, _ in rows],
         )
     return out
 
@@ -137,6 +143,15 @@ def _binary_state(head: SafetyHead) -> dict[str, torch.Tensor]:
     return {k: v for k, v in head.state_dict().items() if not k.startswith("categories.")}
 
 
+def _shown(directory: Path) -> str:
+    """A head folder as a report names it: relative to the shipped heads, never a machine path."""
+    heads = default_head_dir().parent.resolve()
+    try:
+        return directory.resolve().relative_to(heads).as_posix()
+    except ValueError:
+        return directory.name
+
+
 def figures(scores: np.ndarray, data: PromptSet, threshold: float) -> dict[str, Any]:
     """AUROC over the split, and recall or false-positive rate per group at `threshold`."""
     groups = np.array(data.groups)
@@ -168,7 +183,7 @@ def run(
     report: dict[str, Any] = {
         "seed": seed,
         "limits": limits,
-        "heads": {k: {"directory": str(d), "threshold": float(heads[k].config.threshold)}
+        "heads": {k: {"directory": _shown(d), "threshold": float(heads[k].config.threshold)}
                   for k, d in (("fp32", fp32_dir), ("int8", int8_dir))},
         "configs": {},
     }
@@ -194,7 +209,10 @@ def run(
                 "seconds_all_heads": seconds,
                 "held_out": figures(held_scores, data["held_out"], threshold),
                 "validation": figures(val_scores, data["validation"], threshold),
-                "threshold_recalibrated": metrics.calibrate_threshold(val_scores, data["validation"].labels),
+                "threshold_by_kind": op.summary(
+                    op.KindScores.of(val_scores, data["validation"].labels, data["validation"].sources),
+                    threshold,
+                ),
             }
     report["minutes"] = round((time.time() - started) / 60, 1)
     return tabulate(report)

@@ -57,6 +57,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--allow-request-relaxation", action="store_true",
                        help="let a request's config make the guard laxer than the server's defaults "
                             "(by default a request may only make it stricter)")
+    serve.add_argument("--threshold", type=_unit_interval, default=None, metavar="SCORE",
+                       help="the server's unsafe-score threshold (default: the head's calibrated one; "
+                            "docs/model-card.md#operating-points-the-threshold-rule-by-kind)")
     serve.add_argument("--category-rule", action="append", default=None, type=_category_rule,
                        metavar="NAME=ACTION[:THRESHOLD]",
                        help="the server's rule for one harm category (repeatable), e.g. self-harm=flag or "
@@ -77,6 +80,17 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     scale.add_argument("--ray-address", default=None,
                        help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local one)")
     serve.set_defaults(func=cmd_serve)
+
+
+def _unit_interval(text: str) -> float:
+    """argparse type of --threshold: a number in [0, 1], or a usage error naming the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside [0, 1]")
+    return value
 
 
 def _category_rule(text: str) -> tuple[str, CategoryRule]:
@@ -133,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_check_batch=getattr(args, "max_check_batch", None),
         graceful_shutdown_s=getattr(args, "graceful_shutdown", None),
         allowed_hosts=getattr(args, "allowed_host", None), tracing=getattr(args, "tracing", None),
-        category_rules=rules or None,
+        category_rules=rules or None, threshold=getattr(args, "threshold", None),
     )
     level = getattr(logging, args.log_level.upper(), logging.INFO)
     logging.basicConfig(level=logging.DEBUG if args.log_text else level,

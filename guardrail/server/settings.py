@@ -47,6 +47,9 @@ class Settings(BaseModel):
     allow_request_relaxation: bool = Field(False, description="Let a request's config make the guard "
                                            "laxer than the server's (higher threshold or tau, less "
                                            "hold-back, sparser checks, no prompt check).")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="The server's unsafe-score "
+                                    "threshold (`guardrail serve --threshold`); None: the head's "
+                                    "calibrated one. A request may only lower it.")
     category_rules: dict[str, CategoryRule] = Field(
         default_factory=dict, description="The server's per-category rules (`guardrail serve "
         "--category-rule NAME=ACTION[:THRESHOLD]`); a request may only make them stricter.")

@@ -54,7 +54,8 @@ class ServerState:
             self.load_error = str(exc)
             raise
         self.model = model
-        self.config = GuardConfig(threshold=float(model.head.config.threshold),
+        threshold = s.threshold if s.threshold is not None else float(model.head.config.threshold)
+        self.config = GuardConfig(threshold=threshold,
                                   categories=dict(s.category_rules))
         self.longest_token_chars = longest_token_chars(model)
         self.batcher = Batcher(model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,

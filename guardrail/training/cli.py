@@ -77,6 +77,12 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         "--lr", type=float, default=None, help="with --quantize int8: learning rate (default 3e-4)"
     )
     parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --quantize int8: train nothing; re-choose the threshold of --head (default: the "
+        "shipped int8 head) so that it matches --init-from's operating point",
+    )
+    parser.add_argument(
         "--fraction",
         type=float,
         default=1.0,
@@ -147,8 +153,16 @@ def _run(args: argparse.Namespace) -> int:
 def _run_quantized(args: argparse.Namespace) -> int:
     """A head for a quantized model: the fp32 head fine-tuned briefly on that model's features."""
     from guardrail.model.head import default_head_dir
-    from guardrail.training.quantized import finetune
+    from guardrail.model.loading import resolve_head_dir
+    from guardrail.training.quantized import finetune, recalibrate
 
+    reference = Path(args.init_from) if args.init_from else default_head_dir()
+    if args.recalibrate:
+        head_dir = Path(args.head) if args.head else resolve_head_dir(None, args.quantize)
+        report = recalibrate(head_dir, reference, model=args.model, quantize=args.quantize, seed=args.seed)
+        print(json.dumps({k: report[k] for k in ("threshold_before", "threshold", "threshold_matching")},
+                         indent=2))
+        return 0
     report = finetune(
         Path(args.init_from) if args.init_from else default_head_dir(),
         Path(args.output),

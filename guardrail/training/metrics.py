@@ -11,12 +11,6 @@ if TYPE_CHECKING:
     from guardrail.model.engine import SafetyModel
     from guardrail.training.trainer import Scored
 
-CALIBRATION_RULE = (
-    "highest recall on the validation split of the training sources with benign "
-    "validation false-positive rate <= 2% (the ordinary-question target), clipped to [0.2, 0.9]"
-)
-
-
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     if len(set(labels.tolist())) < 2:
         return None
@@ -92,14 +86,6 @@ def answer_metrics(scored: Scored, threshold: float, tau: int = 3) -> dict[str, 
     if harmful:
         out["caught"] = caught / harmful
     return out
-
-
-def calibrate_threshold(scores: np.ndarray, labels: np.ndarray, max_fpr: float = 0.02) -> float:
-    benign = np.sort(scores[labels == 0])
-    if not len(benign):
-        return 0.5
-    cut = float(np.quantile(benign, 1 - max_fpr)) + 1e-6
-    return float(np.clip(cut, 0.2, 0.9))
 
 
 def baselines(train: Scored, held: Scored, held_groups: list[str], threshold: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from guardrail.model.engine import SafetyModel
 from guardrail.model.head import HeadConfig, SafetyHead, default_head_dir
 from guardrail.model.loading import cache_dir, load_model
 from guardrail.training import kvstore, metrics
+from guardrail.training import operating_point as op
 from guardrail.training import trajectories as traj
 from guardrail.training.kvstore import Shard
 from guardrail.training.recipe import (
@@ -101,7 +102,8 @@ def run(
     losses = train(safety, train_shards, cfg, desc="head")
 
     val = score(safety, val_shards)
-    threshold = metrics.calibrate_threshold(val.prompt_scores, val.prompt_labels)
+    val_kinds = op.KindScores.scored(val, val_shards)
+    threshold = op.per_kind_threshold(val_kinds)
     report: dict[str, Any] = {
         "recipe": {k: v for k, v in asdict(recipe).items() if k != "groups"},
         "model": loaded.name,
@@ -109,7 +111,8 @@ def run(
         "epochs": cfg.epochs,
         "losses": losses,
         "threshold": threshold,
-        "threshold_rule": metrics.CALIBRATION_RULE,
+        "threshold_rule": op.PER_KIND_RULE,
+        "threshold_by_kind": op.summary(val_kinds, threshold),
         "held_out": {"benign": HELD_OUT_BENIGN, "jailbreak_families": list(HELD_OUT_FAMILIES)},
         "sources": source_report(),
         "groups": {g: sum(len(s.samples) for s in shards if s.group == g) for g in sorted(groups)},
@@ -216,7 +219,7 @@ def _folds(
         test_shards = [s for s in shards if s.group.split("#")[0] == source]
         train(safety, train_shards, TrainConfig(epochs=cfg.epochs, seed=cfg.seed), desc=f"fold -{source}")
         val = score(safety, val_shards)
-        threshold = metrics.calibrate_threshold(val.prompt_scores, val.prompt_labels)
+        threshold = op.per_kind_threshold(op.KindScores.scored(val, val_shards))
         test = score(safety, test_shards)
         row = metrics.prompt_metrics(test.prompt_scores, test.prompt_labels, threshold)
         row["threshold"] = threshold

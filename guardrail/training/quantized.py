@@ -26,9 +26,10 @@ from guardrail.model.quantize import QuantizeMode  # first: it quiets torchao's 
 
 # isort: split
 from guardrail.model.engine import SafetyModel
-from guardrail.model.head import SafetyHead
+from guardrail.model.head import HEAD_CONFIG, SafetyHead
 from guardrail.model.loading import cache_dir, load_model
 from guardrail.training import kvstore, metrics
+from guardrail.training import operating_point as op
 from guardrail.training import trajectories as traj
 from guardrail.training.kvstore import Shard
 from guardrail.training.recipe import Recipe, build_groups, is_held_out, split_validation
@@ -62,6 +63,92 @@ def recipe_groups(
 ) -> dict[str, list[Sample]]:
     """Every group of the shipped head's run, split as it was (held-out groups included)."""
     return split_validation(build_groups(tokenizer, generate, shipped_recipe(seed)), seed)
+
+
+def unseen_validation_groups(tokenizer: Any, seed: int = 0) -> dict[str, list[Sample]]:
+    """Rows that neither the shipped fp32 head nor its int8 fine-tune has trained on.
+
+    The shipped recipe's validation split, and every row of the groups that recipe does not
+    build at all (hard negatives, rewordings of malicious and of benign requests): more benign
+    rows of each kind than the split alone has, so a matched threshold rests on dozens of
+    flagged rows rather than two or three. Held-out groups, answers and generated trajectories
+    are left out (a prompt check reads the prompt alone).
+    """
+    shipped = recipe_groups(tokenizer, _prompts_only, seed)
+    shipped_bases = {name.split("#")[0] for name in shipped}
+    pool = {k: v for k, v in shipped.items() if "#val" in k and not is_held_out(k)}
+    current = Recipe(
+        seed=seed,
+        n_traj_harmful=0,
+        n_traj_benign=0,
+        benign_rewordings_per_request=1.0,
+        written_answers={kind: (0, 0) for kind in Recipe().written_answers},
+    )
+    for name, samples in build_groups(tokenizer, _prompts_only, current).items():
+        if name not in shipped_bases and not is_held_out(name) and op.benign_kind(name) is not None:
+            pool[name] = samples
+    return {k: v for k, v in pool.items() if not k.startswith(GENERATED_PREFIXES)}
+
+
+def _kind_scores(safety: SafetyModel, work: Path, groups: dict[str, list[Sample]]) -> op.KindScores:
+    shards = kvstore.build(safety, kvstore.kv_root(work, safety), groups)
+    return op.KindScores.scored(score(safety, shards), shards)
+
+
+def match_reference(
+    variant: SafetyModel, reference_dir: Path, *, model: str | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """The threshold at which `variant`'s head reproduces the reference head's operating point.
+
+    The reference (an fp32 head) is scored on fp32 features, the variant on its own model's;
+    both on `unseen_validation_groups`. Returns the threshold and what it was matched on.
+    """
+    work = cache_dir() / "train"
+    pool = unseen_validation_groups(variant.tokenizer, seed)
+    reference_head = SafetyHead.load(reference_dir)
+    reference_head.categories = None
+    fp32 = load_model(model)
+    reference = SafetyModel(fp32.model, fp32.tokenizer, reference_head, name=fp32.name)
+    reference_scores = _kind_scores(reference, work, pool)
+    variant_scores = _kind_scores(variant, work, pool)
+    reference_threshold = float(reference_head.config.threshold)
+    threshold = op.matched_threshold(reference_scores, reference_threshold, variant_scores)
+    return {
+        "threshold": threshold,
+        "rule": op.MATCHED_RULE,
+        "reference": {"head": reference_dir.name, **op.summary(reference_scores, reference_threshold)},
+        "variant": op.summary(variant_scores, threshold),
+        "rows": {kind: len(reference_scores.benign(kind)) for kind in op.KIND_TARGETS},
+        "groups": sorted(pool),
+    }
+
+
+def recalibrate(
+    head_dir: Path,
+    reference_dir: Path,
+    *,
+    model: str | None = None,
+    quantize: QuantizeMode = "int8",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Re-choose the threshold of the head in `head_dir` (run on `quantize` features) by matching."""
+    loaded = load_model(model, quantize=quantize)
+    head = SafetyHead.load(head_dir)
+    head.categories = None
+    safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
+    before = float(head.config.threshold)
+    matched = match_reference(safety, reference_dir, model=model, seed=seed)
+    # Only the threshold changes: the weights and category files are left byte for byte.
+    config_path = head_dir / HEAD_CONFIG
+    meta = json.loads(config_path.read_text())
+    meta["threshold"] = matched["threshold"]
+    config_path.write_text(json.dumps(meta, indent=2) + "\n")
+    report_path = head_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report.update(threshold=matched["threshold"], threshold_rule=op.MATCHED_RULE, threshold_before=before,
+                  threshold_matching=matched)
+    report_path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    return report
 
 
 def _fp32_answers(model: str | None, name: str, work: Path) -> traj.GenerateFn:
@@ -131,7 +218,8 @@ def finetune(
         safety, train_shards, TrainConfig(epochs=epochs, lr=lr, seed=seed, init_state=start), desc="int8 head"
     )
     val = score(safety, val_shards)
-    threshold = metrics.calibrate_threshold(val.prompt_scores, val.prompt_labels)
+    matched = match_reference(safety, init_from, model=model, seed=seed)
+    threshold = matched["threshold"]
     report: dict[str, Any] = {
         "quantize": quantize,
         "model": loaded.name,
@@ -144,7 +232,8 @@ def finetune(
         "recipe": {k: v for k, v in asdict(shipped_recipe(seed)).items() if k != "groups"},
         "losses": losses,
         "threshold": threshold,
-        "threshold_rule": metrics.CALIBRATION_RULE,
+        "threshold_rule": op.MATCHED_RULE,
+        "threshold_matching": matched,
         "trained_groups": _counts(train_shards),
         "validation_groups": _counts(val_shards),
         "validation_before": before,
@@ -163,14 +252,12 @@ def finetune(
 
 
 def _validation(safety: SafetyModel, shards: list[Shard], threshold: float) -> dict[str, Any]:
-    """The head as it stands: validation figures at its own threshold and at a re-calibrated one."""
+    """The head as it stands: validation figures at its own threshold, per kind of benign row."""
     val = score(safety, shards)
-    recalibrated = metrics.calibrate_threshold(val.prompt_scores, val.prompt_labels)
     return {
         "threshold": threshold,
         "at_threshold": metrics.prompt_metrics(val.prompt_scores, val.prompt_labels, threshold),
-        "recalibrated_threshold": recalibrated,
-        "at_recalibrated": metrics.prompt_metrics(val.prompt_scores, val.prompt_labels, recalibrated),
+        "by_kind": op.summary(op.KindScores.scored(val, shards), threshold),
     }
 
 
