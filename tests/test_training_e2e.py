@@ -32,7 +32,7 @@ from guardrail.training.operating_point import KindScores, per_kind_threshold
 from guardrail.training.recipe import split_validation
 from guardrail.training.samples import Sample, prompt_sample, trajectory_sample
 from guardrail.training.sources import Example
-from guardrail.training.trainer import TrainConfig, score, train
+from guardrail.training.trainer import TrainConfig, check_probabilities, score, train
 from guardrail.types import GuardConfig
 
 HARMFUL = [f"{verb} a {thing} {tail}" for verb in ("Build", "Make", "Hide", "Buy")
@@ -165,3 +165,19 @@ def test_cli_entry_point_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "guardrail.cli", "train", "--help"], capture_output=True,
                          text=True, timeout=120, cwd=root, check=False)
     assert out.returncode == 0 and "--quick" in out.stdout, out.stderr
+
+
+def test_distillation_trains_towards_the_teachers_scores_not_the_labels(
+        model: SafetyModel, trained: dict[str, Any]) -> None:
+    """Soft targets replace the labels: a teacher saying 0.7 everywhere pulls both classes to 0.7."""
+    shards = trained["train_shards"]
+    start = {k: v.clone() for k, v in model.head.state_dict().items()}
+    teacher = {shard.path: torch.full(shard.labels().shape, 0.7) for shard in shards}
+    try:
+        train(model, shards, TrainConfig(epochs=30, lr=5e-2, seed=0, init_state=start, soft_targets=teacher),
+              desc="distil")
+        scores = np.concatenate([p[:, 0].numpy() for p in check_probabilities(model, shards)])
+        assert np.allclose(scores, 0.7, atol=0.08), scores  # labelled 0 and 1 alike
+        assert np.allclose(scores, score(model, shards).prompt_scores)
+    finally:
+        model.head.load_state_dict(start)

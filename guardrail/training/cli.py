@@ -77,6 +77,18 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         "--lr", type=float, default=None, help="with --quantize int8: learning rate (default 3e-4)"
     )
     parser.add_argument(
+        "--new-data",
+        action="store_true",
+        help="with --quantize int8: also train on the hard negatives and rewordings the shipped head "
+        "never saw (their validation share kept for choosing the threshold)",
+    )
+    parser.add_argument(
+        "--distil",
+        action="store_true",
+        help="with --quantize int8: train towards --init-from's own scores on fp32 features "
+        "instead of the labels (the int8 head's target is agreement with it)",
+    )
+    parser.add_argument(
         "--recalibrate",
         action="store_true",
         help="with --quantize int8: train nothing; re-choose the threshold of --head (default: the "
@@ -174,6 +186,8 @@ def _run_quantized(args: argparse.Namespace) -> int:
         fraction=args.fraction,
         generated_answers=not args.no_generated_answers,
         quick=args.quick,
+        new_data=args.new_data,
+        distil=args.distil,
     )
     print(json.dumps({k: report[k] for k in ("threshold", "validation_before", "validation")}, indent=2))
     return 0

@@ -22,6 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from guardrail.model.quantize import QuantizeMode  # first: it quiets torchao's import notices
 
 # isort: split
@@ -34,7 +36,7 @@ from guardrail.training import trajectories as traj
 from guardrail.training.kvstore import Shard
 from guardrail.training.recipe import Recipe, build_groups, is_held_out, split_validation
 from guardrail.training.samples import Sample
-from guardrail.training.trainer import TrainConfig, score, train
+from guardrail.training.trainer import TrainConfig, check_probabilities, score, train
 
 #: Where an int8 head lives next to the fp32 head it was fine-tuned from.
 INT8_SUBDIR = "int8"
@@ -65,18 +67,14 @@ def recipe_groups(
     return split_validation(build_groups(tokenizer, generate, shipped_recipe(seed)), seed)
 
 
-def unseen_validation_groups(tokenizer: Any, seed: int = 0) -> dict[str, list[Sample]]:
-    """Rows that neither the shipped fp32 head nor its int8 fine-tune has trained on.
+def new_groups(tokenizer: Any, seed: int = 0) -> dict[str, list[Sample]]:
+    """The groups the shipped recipe does not build (hard negatives, rewordings), split for validation.
 
-    The shipped recipe's validation split, and every row of the groups that recipe does not
-    build at all (hard negatives, rewordings of malicious and of benign requests): more benign
-    rows of each kind than the split alone has, so a matched threshold rests on dozens of
-    flagged rows rather than two or three. Held-out groups, answers and generated trajectories
-    are left out (a prompt check reads the prompt alone).
+    Prompts only; held-out groups, answers and generated trajectories are left out (a prompt
+    check reads the prompt alone). The split is this dictionary's own, so it does not depend on
+    the shipped recipe's.
     """
-    shipped = recipe_groups(tokenizer, _prompts_only, seed)
-    shipped_bases = {name.split("#")[0] for name in shipped}
-    pool = {k: v for k, v in shipped.items() if "#val" in k and not is_held_out(k)}
+    shipped_bases = {name.split("#")[0] for name in recipe_groups(tokenizer, _prompts_only, seed)}
     current = Recipe(
         seed=seed,
         n_traj_harmful=0,
@@ -84,9 +82,35 @@ def unseen_validation_groups(tokenizer: Any, seed: int = 0) -> dict[str, list[Sa
         benign_rewordings_per_request=1.0,
         written_answers={kind: (0, 0) for kind in Recipe().written_answers},
     )
-    for name, samples in build_groups(tokenizer, _prompts_only, current).items():
-        if name not in shipped_bases and not is_held_out(name) and op.benign_kind(name) is not None:
-            pool[name] = samples
+    extra = {
+        name: samples
+        for name, samples in build_groups(tokenizer, _prompts_only, current).items()
+        if name not in shipped_bases
+        and not is_held_out(name)
+        and op.benign_kind(name) is not None
+        and not name.startswith(GENERATED_PREFIXES)
+    }
+    return split_validation(extra, seed)
+
+
+def unseen_validation_groups(
+    tokenizer: Any, seed: int = 0, *, new_data_trained: bool = False
+) -> dict[str, list[Sample]]:
+    """Rows that neither the shipped fp32 head nor the int8 head has trained on.
+
+    The shipped recipe's validation split, and the groups that recipe does not build at all
+    (hard negatives, rewordings of malicious and of benign requests): all of their rows, or
+    only their validation share when the int8 head trained on the rest (`new_data_trained`).
+    More benign rows of each kind than the split alone has, so a matched threshold rests on
+    dozens of flagged rows rather than two or three.
+    """
+    shipped = recipe_groups(tokenizer, _prompts_only, seed)
+    pool = {k: v for k, v in shipped.items() if "#val" in k and not is_held_out(k)}
+    for name, samples in new_groups(tokenizer, seed).items():
+        if new_data_trained and "#val" not in name:
+            continue
+        base = name if new_data_trained else name.split("#")[0]
+        pool[base] = pool.get(base, []) + samples
     return {k: v for k, v in pool.items() if not k.startswith(GENERATED_PREFIXES)}
 
 
@@ -96,7 +120,12 @@ def _kind_scores(safety: SafetyModel, work: Path, groups: dict[str, list[Sample]
 
 
 def match_reference(
-    variant: SafetyModel, reference_dir: Path, *, model: str | None = None, seed: int = 0
+    variant: SafetyModel,
+    reference_dir: Path,
+    *,
+    model: str | None = None,
+    seed: int = 0,
+    new_data_trained: bool = False,
 ) -> dict[str, Any]:
     """The threshold at which `variant`'s head reproduces the reference head's operating point.
 
@@ -104,7 +133,7 @@ def match_reference(
     both on `unseen_validation_groups`. Returns the threshold and what it was matched on.
     """
     work = cache_dir() / "train"
-    pool = unseen_validation_groups(variant.tokenizer, seed)
+    pool = unseen_validation_groups(variant.tokenizer, seed, new_data_trained=new_data_trained)
     reference_head = SafetyHead.load(reference_dir)
     reference_head.categories = None
     fp32 = load_model(model)
@@ -188,8 +217,15 @@ def finetune(
     fraction: float = 1.0,
     generated_answers: bool = True,
     quick: bool = False,
+    new_data: bool = False,
+    distil: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune the head in `init_from` on `quantize` features; write head and report to `output`."""
+    """Fine-tune the head in `init_from` on `quantize` features; write head and report to `output`.
+
+    `new_data` adds the training share of the groups the shipped recipe does not build (hard
+    negatives, rewordings); `distil` trains towards the `init_from` head's own probabilities
+    on fp32 features instead of the labels, since the int8 head's target is agreement with it.
+    """
     started = time.time()
     loaded = load_model(model, quantize=quantize)
     head = SafetyHead.load(init_from)
@@ -205,6 +241,9 @@ def finetune(
     if quick:
         fraction = min(fraction, 0.02)
     train_groups = _subset(train_groups, fraction, seed)
+    if new_data:
+        added = {k: v for k, v in new_groups(loaded.tokenizer, seed).items() if "#val" not in k}
+        train_groups |= _subset(added, fraction, seed) if quick else added
     if quick:
         val_groups = _subset(val_groups, fraction, seed)
     # Validation first: the figures of the starting head are computable before the rest is cached.
@@ -214,11 +253,11 @@ def finetune(
 
     start = {k: v.clone() for k, v in head.state_dict().items()}
     before = _validation(safety, val_shards, float(head.config.threshold))
-    losses = train(
-        safety, train_shards, TrainConfig(epochs=epochs, lr=lr, seed=seed, init_state=start), desc="int8 head"
-    )
+    soft = teacher_targets(init_from, train_groups, train_shards, model=model, work=work) if distil else None
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, init_state=start, soft_targets=soft)
+    losses = train(safety, train_shards, config, desc="int8 head")
     val = score(safety, val_shards)
-    matched = match_reference(safety, init_from, model=model, seed=seed)
+    matched = match_reference(safety, init_from, model=model, seed=seed, new_data_trained=new_data)
     threshold = matched["threshold"]
     report: dict[str, Any] = {
         "quantize": quantize,
@@ -229,6 +268,8 @@ def finetune(
         "lr": lr,
         "fraction": fraction,
         "generated_answers": generated_answers,
+        "new_data": new_data,
+        "distil": distil,
         "recipe": {k: v for k, v in asdict(shipped_recipe(seed)).items() if k != "groups"},
         "losses": losses,
         "threshold": threshold,
@@ -249,6 +290,26 @@ def finetune(
     report["train_minutes"] = round((time.time() - started) / 60, 1)
     (output / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     return report
+
+
+def teacher_targets(
+    reference_dir: Path,
+    groups: dict[str, list[Sample]],
+    student_shards: list[Shard],
+    *,
+    model: str | None,
+    work: Path,
+) -> dict[Path, torch.Tensor]:
+    """The reference head's probability at every check of every student shard, on fp32 features."""
+    fp32 = load_model(model)
+    head = SafetyHead.load(reference_dir)
+    head.categories = None
+    teacher = SafetyModel(fp32.model, fp32.tokenizer, head, name=fp32.name)
+    teacher_shards = kvstore.build(teacher, kvstore.kv_root(work, teacher), groups)
+    if [t.samples for t in teacher_shards] != [s.samples for s in student_shards]:
+        raise RuntimeError("teacher and student shards do not hold the same samples in the same order")
+    probabilities = check_probabilities(teacher, teacher_shards)
+    return {shard.path: probs for shard, probs in zip(student_shards, probabilities, strict=True)}
 
 
 def _validation(safety: SafetyModel, shards: list[Shard], threshold: float) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,10 @@ class TrainConfig:
     #: Start from these head weights instead of a fresh head (fine-tuning experiments only:
     #: folds always start fresh, or the left-out source would leak through the start point).
     init_state: dict[str, torch.Tensor] | None = None
+    #: Distillation: a teacher's unsafe probability for every check of a shard ([B, M], keyed
+    #: by the shard's path), trained towards instead of the hard labels. The labels still pick
+    #: the checks that count and balance the classes.
+    soft_targets: dict[Path, torch.Tensor] | None = None
 
 
 def reset_head(model: SafetyModel, seed: int) -> None:
@@ -75,9 +80,11 @@ def train(
             assert cls_hidden is not None
             logits = head.logits(cls_hidden)
             valid = labels >= 0
-            per_check = nn.functional.cross_entropy(
-                logits[valid], labels[valid].to(logits.device), reduction="none"
-            )
+            target: torch.Tensor = labels[valid].to(logits.device)
+            if config.soft_targets is not None:
+                unsafe = config.soft_targets[shard.path].to(logits.device)[valid]
+                target = torch.stack([1.0 - unsafe, unsafe], dim=-1)
+            per_check = nn.functional.cross_entropy(logits[valid], target, reduction="none")
             checks_per_row = valid.sum(1, keepdim=True).expand_as(valid)[valid].float()
             weights = class_weight[labels[valid]] / checks_per_row
             loss = (per_check * weights.to(per_check.device)).sum() / len(shard.samples)
@@ -107,6 +114,19 @@ class Scored:
     check_labels: list[list[int]]
     pooled: np.ndarray
     texts: list[str]
+
+
+@torch.inference_mode()
+def check_probabilities(model: SafetyModel, shards: list[Shard]) -> list[torch.Tensor]:
+    """The model's unsafe probability at every check of every shard ([B, M] each, on the CPU)."""
+    out = []
+    for shard in shards:
+        cache, _ = load_cache(model, shard)
+        empty = torch.zeros(len(shard.samples), 0, dtype=torch.long, device=model.device)
+        _, cls_hidden = model.forward_pass(cache, empty, shard.queries())
+        assert cls_hidden is not None
+        out.append(model.head.unsafe_probability(cls_hidden).cpu())
+    return out
 
 
 @torch.inference_mode()
