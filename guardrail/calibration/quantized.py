@@ -236,10 +236,10 @@ def merge(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         merged["configs"] |= part["configs"]
     with_int8 = [part for part in reports if "int8" in part["configs"]]
     if with_int8:
-        merged["heads"] = with_int8[0]["heads"]
+        merged["heads"] = with_int8[-1]["heads"]  # a later run replaces an earlier one
         merged.pop("note", None)
-        if "note" in with_int8[0]:
-            merged["note"] = with_int8[0]["note"]
+        if "note" in with_int8[-1]:
+            merged["note"] = with_int8[-1]["note"]
     merged["minutes"] = sum(part.get("minutes", 0) for part in reports)
     return tabulate(merged)
 

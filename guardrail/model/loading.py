@@ -24,6 +24,7 @@ from guardrail.model.quantize import (
     quantize_model,
     resolve_quantize,
 )
+from guardrail.model.smoothing import apply_smoothing, shipped_scales
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel  # isort: skip
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase  # isort: skip
@@ -192,6 +193,8 @@ def load_model(
     lm.requires_grad_(False)
     if mode != "none":
         try:
+            if mode == "int8" and (scales := shipped_scales(name)) is not None:
+                apply_smoothing(lm, scales)  # exact in fp32; the int8 rounding then loses less
             quantize_model(lm, mode, lm_head=True)
         except QuantizeError as exc:
             raise ModelLoadError(f"could not quantize {name}: {exc}") from exc

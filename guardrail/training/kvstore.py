@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from guardrail.model.engine import SafetyModel
 from guardrail.model.masks import ClsQuery
 from guardrail.model.quantize import quantization_of
+from guardrail.model.smoothing import is_smoothed
 from guardrail.training.samples import Sample
 
 
@@ -46,10 +47,13 @@ def kv_name(model: SafetyModel) -> str:
 
     int8 keys and values differ from fp32 ones (int8 activations in every projection), so they
     get their own folder and their own shard keys and can never be read as the other's. The
-    fp32 name is the bare model name, so existing fp32 caches stay valid.
+    fp32 name is the bare model name, so existing fp32 caches stay valid. Smoothed int8
+    features (`guardrail.model.smoothing`) differ again and are filed apart from plain int8 ones.
     """
     mode = quantization_of(model.decoder)
-    return model.name if mode == "none" else f"{model.name}+{mode}"
+    if mode == "none":
+        return model.name
+    return f"{model.name}+{mode}" + ("+smooth" if is_smoothed(model.decoder) else "")
 
 
 def kv_root(work: Path, model: SafetyModel) -> Path:
