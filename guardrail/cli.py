@@ -25,8 +25,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", default=None, help="safety head folder (default: the shipped head)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)")
-    parser.add_argument("--quantize", choices=["auto", "none", "int8"], default="none",
-                        help="int8: faster checks and decoding on CPU (model card); auto: int8 on CPU")
+    parser.add_argument("--quantize", choices=["auto", "none", "int8"], default="auto",
+                        help="auto (default): int8 on a CPU in fp32, none elsewhere; none: fp32 everywhere; "
+                             "int8: the int8 CPU path (model card)")
     parser.add_argument("--threshold", type=float, default=None, help="unsafe score threshold")
 
 

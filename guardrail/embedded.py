@@ -34,9 +34,14 @@ def load_safety_model(
     device: str | None = "cpu",
     dtype: str | None = None,
     max_context: int | None = None,
-    quantize: QuantizeChoice = "none",
+    quantize: QuantizeChoice = "auto",
 ) -> SafetyModel:
-    """Load a base model and attach a trained safety head to it (`quantize="int8"`: int8 CPU path)."""
+    """Load a base model and attach a trained safety head to it.
+
+    `quantize="auto"` (the default) runs the int8 CPU path on a CPU in fp32, whose head and
+    threshold match the fp32 head's quality (model card), and fp32/bf16 elsewhere; "none" keeps
+    fp32 on the CPU too.
+    """
     from guardrail.model.engine import SafetyModel
     from guardrail.model.head import SafetyHead
     from guardrail.model.loading import load_model, resolve_head_dir

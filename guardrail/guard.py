@@ -37,7 +37,7 @@ class Guard:
         config: GuardConfig | None = None,
         device: str | None = "cpu",
         dtype: str | None = None,
-        quantize: QuantizeChoice = "none",
+        quantize: QuantizeChoice = "auto",
         safety_model: SafetyModel | None = None,
         **client_options: Any,
     ) -> None:

@@ -17,8 +17,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--head", default=None, help="safety head folder (default: the shipped head)")
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     serve.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)")
-    serve.add_argument("--quantize", choices=["auto", "none", "int8"], default="none",
-                       help="int8: faster checks and decoding on CPU (model card); auto: int8 on CPU")
+    serve.add_argument("--quantize", choices=["auto", "none", "int8"], default="auto",
+                       help="auto (default): int8 on a CPU in fp32, none elsewhere; none: fp32 everywhere; "
+                            "int8: the int8 CPU path (model card)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--upstream", default=None,

@@ -20,7 +20,7 @@ class Settings(BaseModel):
     head: str | None = None
     device: str = "cpu"
     dtype: str | None = None
-    quantize: Literal["auto", "none", "int8"] = "none"
+    quantize: Literal["auto", "none", "int8"] = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
     upstream: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
