@@ -21,7 +21,14 @@ from tests.test_server_support import ServerThread
 
 
 def _head() -> dict[str, object]:
-    return dict(json.loads((default_head_dir() / "head.json").read_text()))
+    """The head the defaults load: on a CPU in fp32, `quantize="auto"` picks the int8 head."""
+    import torch
+
+    from guardrail.model.loading import resolve_head_dir
+    from guardrail.model.quantize import resolve_quantize
+
+    mode = resolve_quantize("auto", "cpu", torch.float32)
+    return dict(json.loads((resolve_head_dir(default_head_dir(), mode) / "head.json").read_text()))
 
 
 pytestmark = [
