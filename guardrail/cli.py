@@ -199,6 +199,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_load() -> dict[str, Any]:
+    """What `Guard()` and `guardrail serve` load here with their defaults (quantize="auto", CPU)."""
+    import torch
+
+    from guardrail.model.loading import DEFAULT_MODEL_NAME, resolve_head_dir
+    from guardrail.model.quantize import resolve_quantize
+    from guardrail.model.smoothing import shipped_scales
+
+    mode = resolve_quantize("auto", "cpu", torch.float32)
+    head_dir = resolve_head_dir(None, mode)
+    loads: dict[str, Any] = {"quantize": mode, "head_dir": str(head_dir)}
+    if mode == "int8":
+        loads["smoothing"] = shipped_scales(DEFAULT_MODEL_NAME) is not None
+    if (head_dir / "head.json").is_file():
+        loads["threshold"] = json.loads((head_dir / "head.json").read_text()).get("threshold")
+    return {"default_load": loads}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -215,6 +233,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     head_json = default_head_dir() / "head.json"
     if head_json.is_file():
         info["head"] = json.loads(head_json.read_text())
+    info |= _default_load()
     print(json.dumps(info, indent=2))
     return 0
 
@@ -249,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_args(gen)
     gen.set_defaults(func=cmd_generate)
 
-    info = sub.add_parser("info", help="versions, cache folder and shipped head")
+    info = sub.add_parser("info", help="versions, cache folder, shipped head and what the defaults load")
     info.set_defaults(func=cmd_info)
 
     for module, hook in (

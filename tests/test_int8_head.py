@@ -190,3 +190,16 @@ def test_train_quantize_flag_fine_tunes_from_the_shipped_head(monkeypatch: pytes
     assert calls["int8"]["epochs"] == 2 and calls["int8"]["init_from"] == tmp_path
     assert main(["train", "--output", str(tmp_path), "--no-folds"]) == 0
     assert calls["fp32"]["epochs"] == 4
+
+
+def test_info_names_the_head_and_threshold_the_defaults_load(capsys: pytest.CaptureFixture[str]) -> None:
+    """`guardrail info` says what `Guard()` and `guardrail serve` load on this CPU, not only the fp32 head."""
+    from guardrail.cli import main
+
+    assert main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    loads = info["default_load"]
+    assert loads["quantize"] == "int8" and loads["smoothing"] is True
+    assert Path(loads["head_dir"]) == INT8_HEAD
+    assert loads["threshold"] == pytest.approx(SafetyHead.load(INT8_HEAD).config.threshold)
+    assert info["head"]["threshold"] == pytest.approx(SafetyHead.load(default_head_dir()).config.threshold)
