@@ -109,7 +109,7 @@ def head_scores(
     """
     unique = sorted({tuple(row) for row in ids}, key=len)
     own = {k: v.clone() for k, v in model.head.state_dict().items()}
-    states = [_binary_state(head) for head in heads]
+    states = [head.binary_state_dict() for head in heads]
     scored: list[dict[tuple[int, ...], float]] = [{} for _ in heads]
     pad = int(model.tokenizer.eos_token_id or 0)
     start = 0
@@ -137,10 +137,6 @@ def head_scores(
         progress.close()
         model.head.load_state_dict(own)
     return [np.array([out[tuple(row)] for row in ids]) for out in scored]
-
-
-def _binary_state(head: SafetyHead) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in head.state_dict().items() if not k.startswith("categories.")}
 
 
 def _shown(directory: Path) -> str:

@@ -86,9 +86,7 @@ def run(heads: Sequence[Path], seed: int = 0) -> dict[str, Any]:
     report: dict[str, Any] = {"seed": seed, "thresholds": THRESHOLDS.tolist(), "heads": {}}
     for directory in heads:
         head = SafetyHead.load(directory)
-        safety.head.load_state_dict(
-            {k: v for k, v in head.state_dict().items() if not k.startswith("categories.")}, strict=False
-        )
+        safety.head.load_state_dict(head.binary_state_dict(), strict=False)
         safety.head.eval()
         scores = _group_scores(safety, shards)
         val_groups = [g for g in scores if "#val" in g]

@@ -203,14 +203,15 @@ class SafetyHead(nn.Module):
         probs = self.category_probabilities(cls_hidden).tolist()
         return dict(zip(self.categories.names, probs, strict=True))
 
+    def binary_state_dict(self) -> dict[str, torch.Tensor]:
+        """The binary path's weights ([CLS] embedding, adapters, classifier), without the category outputs
+        (those live in their own file and are fitted on the binary path's frozen features)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("categories.")}
+
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            k: v.detach().float().cpu().contiguous()
-            for k, v in self.state_dict().items()
-            if not k.startswith("categories.")
-        }
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.binary_state_dict().items()}
         save_file(tensors, str(directory / HEAD_WEIGHTS))
         meta = asdict(self.config) | (extra or {})
         (directory / HEAD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")

@@ -192,7 +192,7 @@ def _evaluate_existing(
 ) -> dict[str, Any]:
     """Figures of an existing head (the shipped one by default) on this run's held-out shards."""
     existing = SafetyHead.load(directory)
-    binary = {k: v for k, v in existing.state_dict().items() if not k.startswith("categories.")}
+    binary = existing.binary_state_dict()
     safety.head.load_state_dict(binary)
     safety.head.eval()
     threshold = float(existing.config.threshold)

@@ -150,7 +150,7 @@ def finetune(
         "trained_groups": _counts(train_shards),
     }
     report["before"] = _held_figures(safety, held, threshold)
-    start = {k: v.clone() for k, v in head.state_dict().items() if not k.startswith("categories.")}
+    start = {k: v.clone() for k, v in head.binary_state_dict().items()}
     report["losses"] = train(
         safety, train_shards, TrainConfig(epochs=epochs, lr=lr, seed=seed, init_state=start)
     )

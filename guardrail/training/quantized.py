@@ -67,14 +67,17 @@ def recipe_groups(
     return split_validation(build_groups(tokenizer, generate, shipped_recipe(seed)), seed)
 
 
-def new_groups(tokenizer: Any, seed: int = 0) -> dict[str, list[Sample]]:
+def new_groups(
+    tokenizer: Any, seed: int = 0, shipped: dict[str, list[Sample]] | None = None
+) -> dict[str, list[Sample]]:
     """The groups the shipped recipe does not build (hard negatives, rewordings), split for validation.
 
     Prompts only; held-out groups, answers and generated trajectories are left out (a prompt
     check reads the prompt alone). The split is this dictionary's own, so it does not depend on
-    the shipped recipe's.
+    the shipped recipe's. `shipped`: the shipped recipe's groups, when the caller built them.
     """
-    shipped_bases = {name.split("#")[0] for name in recipe_groups(tokenizer, _prompts_only, seed)}
+    shipped = shipped if shipped is not None else recipe_groups(tokenizer, _prompts_only, seed)
+    shipped_bases = {name.split("#")[0] for name in shipped}
     current = Recipe(
         seed=seed,
         n_traj_harmful=0,
@@ -106,7 +109,7 @@ def unseen_validation_groups(
     """
     shipped = recipe_groups(tokenizer, _prompts_only, seed)
     pool = {k: v for k, v in shipped.items() if "#val" in k and not is_held_out(k)}
-    for name, samples in new_groups(tokenizer, seed).items():
+    for name, samples in new_groups(tokenizer, seed, shipped).items():
         if new_data_trained and "#val" not in name:
             continue
         base = name if new_data_trained else name.split("#")[0]
@@ -119,6 +122,14 @@ def _kind_scores(safety: SafetyModel, work: Path, groups: dict[str, list[Sample]
     return op.KindScores.scored(score(safety, shards), shards)
 
 
+def reference_model(reference_dir: Path, model: str | None = None) -> SafetyModel:
+    """The fp32 model with the reference head's binary path: what an int8 head is matched to."""
+    fp32 = load_model(model)
+    head = SafetyHead.load(reference_dir)
+    head.categories = None
+    return SafetyModel(fp32.model, fp32.tokenizer, head, name=fp32.name)
+
+
 def match_reference(
     variant: SafetyModel,
     reference_dir: Path,
@@ -126,21 +137,20 @@ def match_reference(
     model: str | None = None,
     seed: int = 0,
     new_data_trained: bool = False,
+    reference: SafetyModel | None = None,
 ) -> dict[str, Any]:
     """The threshold at which `variant`'s head reproduces the reference head's operating point.
 
     The reference (an fp32 head) is scored on fp32 features, the variant on its own model's;
     both on `unseen_validation_groups`. Returns the threshold and what it was matched on.
+    `reference`: the reference model, when the caller has already loaded it.
     """
     work = cache_dir() / "train"
     pool = unseen_validation_groups(variant.tokenizer, seed, new_data_trained=new_data_trained)
-    reference_head = SafetyHead.load(reference_dir)
-    reference_head.categories = None
-    fp32 = load_model(model)
-    reference = SafetyModel(fp32.model, fp32.tokenizer, reference_head, name=fp32.name)
+    reference = reference if reference is not None else reference_model(reference_dir, model)
     reference_scores = _kind_scores(reference, work, pool)
     variant_scores = _kind_scores(variant, work, pool)
-    reference_threshold = float(reference_head.config.threshold)
+    reference_threshold = float(reference.head.config.threshold)
     threshold = op.matched_threshold(reference_scores, reference_threshold, variant_scores)
     return {
         "threshold": threshold,
@@ -242,7 +252,7 @@ def finetune(
         fraction = min(fraction, 0.02)
     train_groups = _subset(train_groups, fraction, seed)
     if new_data:
-        added = {k: v for k, v in new_groups(loaded.tokenizer, seed).items() if "#val" not in k}
+        added = {k: v for k, v in new_groups(loaded.tokenizer, seed, groups).items() if "#val" not in k}
         train_groups |= _subset(added, fraction, seed) if quick else added
     if quick:
         val_groups = _subset(val_groups, fraction, seed)
@@ -253,11 +263,12 @@ def finetune(
 
     start = {k: v.clone() for k, v in head.state_dict().items()}
     before = _validation(safety, val_shards, float(head.config.threshold))
-    soft = teacher_targets(init_from, train_groups, train_shards, model=model, work=work) if distil else None
+    reference = reference_model(init_from, model)
+    soft = teacher_targets(reference, train_groups, train_shards, work=work) if distil else None
     config = TrainConfig(epochs=epochs, lr=lr, seed=seed, init_state=start, soft_targets=soft)
     losses = train(safety, train_shards, config, desc="int8 head")
     val = score(safety, val_shards)
-    matched = match_reference(safety, init_from, model=model, seed=seed, new_data_trained=new_data)
+    matched = match_reference(safety, init_from, seed=seed, new_data_trained=new_data, reference=reference)
     threshold = matched["threshold"]
     report: dict[str, Any] = {
         "quantize": quantize,
@@ -293,18 +304,13 @@ def finetune(
 
 
 def teacher_targets(
-    reference_dir: Path,
+    teacher: SafetyModel,
     groups: dict[str, list[Sample]],
     student_shards: list[Shard],
     *,
-    model: str | None,
     work: Path,
 ) -> dict[Path, torch.Tensor]:
     """The reference head's probability at every check of every student shard, on fp32 features."""
-    fp32 = load_model(model)
-    head = SafetyHead.load(reference_dir)
-    head.categories = None
-    teacher = SafetyModel(fp32.model, fp32.tokenizer, head, name=fp32.name)
     teacher_shards = kvstore.build(teacher, kvstore.kv_root(work, teacher), groups)
     if [t.samples for t in teacher_shards] != [s.samples for s in student_shards]:
         raise RuntimeError("teacher and student shards do not hold the same samples in the same order")

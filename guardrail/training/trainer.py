@@ -116,17 +116,19 @@ class Scored:
     texts: list[str]
 
 
+def _shard_probabilities(model: SafetyModel, shard: Shard) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shard through the [CLS] path: unsafe probability at every check ([B, M], CPU), pooled states."""
+    cache, pooled_states = load_cache(model, shard)
+    empty = torch.zeros(len(shard.samples), 0, dtype=torch.long, device=model.device)
+    _, cls_hidden = model.forward_pass(cache, empty, shard.queries())
+    assert cls_hidden is not None
+    return model.head.unsafe_probability(cls_hidden).cpu(), pooled_states
+
+
 @torch.inference_mode()
 def check_probabilities(model: SafetyModel, shards: list[Shard]) -> list[torch.Tensor]:
     """The model's unsafe probability at every check of every shard ([B, M] each, on the CPU)."""
-    out = []
-    for shard in shards:
-        cache, _ = load_cache(model, shard)
-        empty = torch.zeros(len(shard.samples), 0, dtype=torch.long, device=model.device)
-        _, cls_hidden = model.forward_pass(cache, empty, shard.queries())
-        assert cls_hidden is not None
-        out.append(model.head.unsafe_probability(cls_hidden).cpu())
-    return out
+    return [_shard_probabilities(model, shard)[0] for shard in shards]
 
 
 @torch.inference_mode()
@@ -135,11 +137,7 @@ def score(model: SafetyModel, shards: list[Shard]) -> Scored:
     check_scores: list[list[float]] = []
     check_labels: list[list[int]] = []
     for shard in shards:
-        cache, pooled_states = load_cache(model, shard)
-        empty = torch.zeros(len(shard.samples), 0, dtype=torch.long, device=model.device)
-        _, cls_hidden = model.forward_pass(cache, empty, shard.queries())
-        assert cls_hidden is not None
-        probs = model.head.unsafe_probability(cls_hidden).cpu()
+        probs, pooled_states = _shard_probabilities(model, shard)
         for b, sample in enumerate(shard.samples):
             row = probs[b, : len(sample.checks)].tolist()
             check_scores.append(row)
