@@ -65,6 +65,17 @@ def slow_keyword_model() -> Any:
     return model
 
 
+def slower_keyword_model() -> Any:
+    """Slow enough that a simultaneous burst outruns every replica's queue on a loaded machine."""
+    model = keyword_model()
+    model.delay_s = 1.5
+    return model
+
+
+RAY_FACTORIES = {0.0: "tests.backends:keyword_model", 0.4: "tests.backends:slow_keyword_model",
+                 1.5: "tests.backends:slower_keyword_model"}
+
+
 class RayBackend:
     name = "ray"
     _names = itertools.count(1)
@@ -79,10 +90,11 @@ class RayBackend:
 
         from guardrail.server.ray_app import build_app
 
-        if delay_s not in (0.0, 0.4):
-            raise ValueError("the Ray backend offers delay_s 0.0 or 0.4 (a model built by import path)")
+        if delay_s not in RAY_FACTORIES:
+            offered = sorted(RAY_FACTORIES)
+            raise ValueError(f"the Ray backend offers delay_s in {offered} (a model built by import path)")
         name = f"guardrail-test-{next(self._names)}"
-        factory = "tests.backends:slow_keyword_model" if delay_s else "tests.backends:keyword_model"
+        factory = RAY_FACTORIES[delay_s]
         options: dict[str, Any] = {"replicas": RAY_REPLICAS, "replica_cpus": 0.25, "ingress_cpus": 0.1,
                                    "model_factory": factory, **scaling}
         app = build_app(settings, **options)

@@ -285,19 +285,21 @@ def test_expired_and_evicted_sessions_are_410(backend: SidecarBackend) -> None:
 
 def test_full_queue_answers_429_with_retry_after(backend: SidecarBackend) -> None:
     statuses: list[tuple[int, str | None]] = []
-    with backend.serve(Settings(max_queue=1, max_batch=1, max_wait_ms=0), delay_s=0.4) as srv:
+    burst = 12  # several per replica when scaled out; each replica holds one running and one queued
+    start = threading.Barrier(burst)
+    with backend.serve(Settings(max_queue=1, max_batch=1, max_wait_ms=0), delay_s=1.5) as srv:
         def hit() -> None:
-            with httpx.Client(base_url=srv.url, timeout=30) as c:
+            with httpx.Client(base_url=srv.url, timeout=60) as c:
+                start.wait()  # one simultaneous burst, however slowly the threads start
                 r = c.post("/v1/check", json={"prompt": "hi"})
                 statuses.append((r.status_code, r.headers.get("retry-after")))
 
-        threads = [threading.Thread(target=hit) for _ in range(12)]  # several per replica when scaled out
+        threads = [threading.Thread(target=hit) for _ in range(burst)]
         for t in threads:
             t.start()
-            time.sleep(0.01)
         for t in threads:
             t.join()
-        with httpx.Client(base_url=srv.url) as c:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
             assert c.post("/v1/check", json={"prompt": "after"}).status_code == 200
     codes = [s for s, _ in statuses]
     assert 429 in codes and 200 in codes
