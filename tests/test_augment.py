@@ -7,7 +7,16 @@ import random
 import pytest
 
 from guardrail.training import responses
-from guardrail.training.augment import REWORD_STYLES, core_task, hard_negatives, reword, rewordings
+from guardrail.training.augment import (
+    REWORD_STYLES,
+    TOPICAL_CORES,
+    core_task,
+    hard_negatives,
+    reword,
+    rewordings,
+    topical_counterparts,
+)
+from guardrail.training.operating_point import benign_kind
 from guardrail.training.pipeline import LOSO_SOURCES
 from guardrail.training.recipe import MALICIOUS_SOURCES, Recipe, build_groups, excludes, is_held_out
 from guardrail.training.samples import segmented_sample
@@ -143,3 +152,47 @@ def test_benign_rewordings_put_benign_requests_in_the_same_frames() -> None:
     assert {e.label for e in out} == {BENIGN}
     assert {e.source for e in out} == {"written_alarming_benign"}
     assert rewordings(items, seed=0) == []  # the default rewords malicious requests only
+
+
+def test_topical_counterparts_are_benign_in_every_frame_and_unique() -> None:
+    out = topical_counterparts(seed=0, n=800)
+    assert len(out) == 800 and {e.label for e in out} == {BENIGN}
+    assert {e.family for e in out} == {"plain", *REWORD_STYLES}
+    assert len({dedupe_key(e.text) for e in out}) == len(out)
+    # every topic is drawn, so no single topic word is left to stand for harm
+    topics = {t for e in out for t, cores in TOPICAL_CORES.items() if any(c[:30] in e.text for c in cores)}
+    assert len(topics) >= len(TOPICAL_CORES) - 1
+
+
+def test_topical_counterparts_never_repeat_a_malicious_training_request() -> None:
+    malicious = {dedupe_key(e.text) for name in MALICIOUS_SOURCES for e in load_source(name)}
+    cores = {core_task(e.text) for name in MALICIOUS_SOURCES for e in load_source(name)} - {None}
+    for topic in TOPICAL_CORES.values():
+        for core in topic:
+            assert core not in cores and dedupe_key(f"How do I {core}?") not in malicious
+
+
+def test_topical_counterparts_are_alarming_benign_rows(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    recipe = Recipe(n_traj_harmful=0, n_traj_benign=0, hard_negatives=0, topical_negatives=40,
+                    rewordings_per_request=0.0)
+    groups = build_groups(tokenizer, lambda plans, _: plans, recipe)
+    rows = groups["aug:topical|hard_negative"]
+    assert len(rows) == 40 and all(max(s.labels) == 0 for s in rows)
+    assert benign_kind("aug:topical|hard_negative#val") == "alarming"
+    assert "aug:topical|hard_negative" not in build_groups(
+        tokenizer, lambda plans, _: plans, Recipe(n_traj_harmful=0, n_traj_benign=0, hard_negatives=0,
+                                                  rewordings_per_request=0.0))
+
+
+def test_topical_counterparts_leave_every_other_validation_split_as_it_was(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Runs with and without them are compared on the same validation rows."""
+    from guardrail.training.recipe import split_validation
+
+    base = {"n_traj_harmful": 0, "n_traj_benign": 0, "hard_negatives": 30}
+    before = split_validation(build_groups(tokenizer, lambda plans, _: plans, Recipe(**base)), 0)
+    after = split_validation(
+        build_groups(tokenizer, lambda plans, _: plans, Recipe(**base, topical_negatives=40)), 0
+    )
+    assert set(after) - set(before) == {"aug:topical|hard_negative", "aug:topical|hard_negative#val"}
+    for name, samples in before.items():
+        assert [s.text for s in samples] == [s.text for s in after[name]], name

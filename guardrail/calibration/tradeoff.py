@@ -4,7 +4,8 @@
 --output runs/tradeoff` (seconds once the training run's keys and values are cached).
 
 Rebuilds the current recipe's validation split and held-out groups (benign same-frame
-rewordings on, generated answers off: what the head's second round trained with), scores
+rewordings and topical counterparts on, generated answers off: what the head's second round
+trained with), scores
 each head's prompt checks from the cached fp32 keys and values, and writes `tradeoff.json`
 and `tradeoff.png`: validation recall and per-kind false-positive rates, and held-out recall
 and false-positive rates, over thresholds, with each head's shipped threshold and the
@@ -70,9 +71,15 @@ def _at(val: op.KindScores, held: GroupScores, threshold: float) -> dict[str, An
     return {**op.summary(val, threshold), "held_out": _held_out_rates(held, threshold)}
 
 
-def run(heads: Sequence[Path], seed: int = 0) -> dict[str, Any]:
+def run(heads: Sequence[Path], seed: int = 0, topical_negatives: int = 1200) -> dict[str, Any]:
     loaded = load_model(None)
-    recipe = Recipe(seed=seed, n_traj_harmful=0, n_traj_benign=0, benign_rewordings_per_request=1.0)
+    recipe = Recipe(
+        seed=seed,
+        n_traj_harmful=0,
+        n_traj_benign=0,
+        benign_rewordings_per_request=1.0,
+        topical_negatives=topical_negatives,
+    )
     groups = split_validation(build_groups(loaded.tokenizer, _prompts_only, recipe), seed)
     groups = {
         k: v
@@ -144,8 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--head", type=Path, action="append", required=True, help="head folder (repeatable)")
     parser.add_argument("--output", type=Path, default=Path("runs/tradeoff"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--topical-negatives",
+        type=int,
+        default=1200,
+        help="benign requests on harm's topics in the validation split (added last: other rows unchanged)",
+    )
     args = parser.parse_args(argv)
-    report = run(args.head, args.seed)
+    report = run(args.head, args.seed, args.topical_negatives)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "tradeoff.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.output / "tradeoff.png")

@@ -50,6 +50,12 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         help="benign requests reworded in the same frames as the malicious ones, per request",
     )
     parser.add_argument(
+        "--topical-negatives",
+        type=int,
+        default=0,
+        help="benign requests on harm's topics (weapons, drugs, hacking), plain or in the rewording frames",
+    )
+    parser.add_argument(
         "--probe-limit", type=int, default=None, help="with --probe: at most N samples per generated group"
     )
     parser.add_argument("--category", default=None, help="name of a custom category to add to --head")
@@ -148,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         compare=Path(args.compare) if args.compare else None,
         generated_answers=not args.no_generated_answers,
         benign_rewordings=args.benign_rewordings,
+        topical_negatives=args.topical_negatives,
     )
     print(
         json.dumps(

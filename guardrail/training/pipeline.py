@@ -53,6 +53,7 @@ def run(
     compare: Path | None = None,
     generated_answers: bool = True,
     benign_rewordings: float = 0.0,
+    topical_negatives: int = 0,
 ) -> dict[str, Any]:
     started = time.time()
     loaded = load_model(model)
@@ -63,7 +64,9 @@ def run(
         )
     )
     safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
-    recipe = Recipe(seed=seed, benign_rewordings_per_request=benign_rewordings)
+    recipe = Recipe(
+        seed=seed, benign_rewordings_per_request=benign_rewordings, topical_negatives=topical_negatives
+    )
     if quick:
         recipe.n_traj_harmful = recipe.n_traj_benign = 16
     if not generated_answers:

@@ -28,6 +28,9 @@ def _probed(group: str) -> bool:
     base = group.split("#")[0]
     return is_held_out(group) or base.startswith(("aug:", "hard_negative", "resp:"))
 
+#: Topical counterparts the probe scores (benign requests on harm's topics, per frame).
+PROBE_TOPICAL = 600
+
 
 def probe(
     head_dir: Path, output: Path, *, model: str | None = None, seed: int = 0, limit: int | None = None
@@ -37,7 +40,7 @@ def probe(
     loaded = load_model(model)
     head = SafetyHead.load(head_dir)
     safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
-    recipe = Recipe(seed=seed, n_traj_harmful=0, n_traj_benign=0)
+    recipe = Recipe(seed=seed, n_traj_harmful=0, n_traj_benign=0, topical_negatives=PROBE_TOPICAL)
     groups = split_validation(build_groups(loaded.tokenizer, lambda plans, _: plans, recipe), seed)
     groups = {name: samples for name, samples in groups.items() if _probed(name)}
     if limit is not None:
@@ -72,6 +75,12 @@ def probe(
     report["hard_negatives_by_kind"] = _by(
         safety,
         [s for s in shards if s.group.startswith("hard_negative")],
+        threshold,
+        key=lambda _, sample: sample.family or "?",
+    )
+    report["topical_by_style"] = _by(
+        safety,
+        [s for s in shards if s.group.startswith("aug:topical")],
         threshold,
         key=lambda _, sample: sample.family or "?",
     )

@@ -15,7 +15,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from guardrail.training import responses
 from guardrail.training import trajectories as traj
-from guardrail.training.augment import core_task, hard_negatives, rewordings
+from guardrail.training.augment import core_task, hard_negatives, rewordings, topical_counterparts
 from guardrail.training.samples import Sample, prompt_sample, segmented_sample, trajectory_sample
 from guardrail.training.sources import (
     Example,
@@ -70,6 +70,9 @@ class Recipe:
     #: Expected rewordings per malicious training request (past tense, hypothetical, ...).
     rewordings_per_request: float = 1.0
     hard_negatives: int = 700
+    #: Benign requests on harm's topics (weapons, drugs, hacking, ...), plain or in the
+    #: rewording frames, so that frame plus topic word is not the tell (0: none).
+    topical_negatives: int = 0
     #: Expected rewordings per benign request of BENIGN_REWORD_SOURCES (0: none).
     benign_rewordings_per_request: float = 0.0
     #: Written answers per kind: (trained, held out).
@@ -211,6 +214,11 @@ def build_groups(
             rng=rng,
         )
         groups[f"traj:rho_pairs|{'rho_refusal_harmful' if label else 'rho_refusal_benign'}"].append(sample)
+    # Added last: `split_validation` draws from one generator in group order, so a group added
+    # here leaves every earlier group's validation rows as they were (runs stay comparable).
+    for example in topical_counterparts(seed=recipe.seed, n=recipe.topical_negatives):
+        group = "aug:topical|hard_negative"  # alarming kind, like the other hard negatives
+        groups[group].append(prompt_sample(tokenizer, Example(example.text, 0, group, example.family)))
     return dict(groups)
 
 
