@@ -56,6 +56,12 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         help="benign requests on harm's topics (weapons, drugs, hacking), plain or in the rewording frames",
     )
     parser.add_argument(
+        "--adapter-rank",
+        type=int,
+        default=8,
+        help="rank of the [CLS] rows' low-rank update after each layer (head capacity)",
+    )
+    parser.add_argument(
         "--probe-limit", type=int, default=None, help="with --probe: at most N samples per generated group"
     )
     parser.add_argument("--category", default=None, help="name of a custom category to add to --head")
@@ -155,6 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         generated_answers=not args.no_generated_answers,
         benign_rewordings=args.benign_rewordings,
         topical_negatives=args.topical_negatives,
+        adapter_rank=args.adapter_rank,
     )
     print(
         json.dumps(

@@ -54,13 +54,17 @@ def run(
     generated_answers: bool = True,
     benign_rewordings: float = 0.0,
     topical_negatives: int = 0,
+    adapter_rank: int = HeadConfig.adapter_rank,
 ) -> dict[str, Any]:
     started = time.time()
     loaded = load_model(model)
     config = loaded.model.config
     head = SafetyHead(
         HeadConfig(
-            hidden_size=config.hidden_size, num_layers=config.num_hidden_layers, base_model=loaded.name
+            hidden_size=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            base_model=loaded.name,
+            adapter_rank=adapter_rank,
         )
     )
     safety = SafetyModel(loaded.model, loaded.tokenizer, head, name=loaded.name)
