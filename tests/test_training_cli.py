@@ -28,6 +28,10 @@ def test_train_passes_topical_negatives_and_adapter_rank(
     options = ["--topical-negatives", "1200", "--adapter-rank", "32"]
     assert main(["train", "--output", str(tmp_path), *options]) == 0
     assert (calls[-1]["topical_negatives"], calls[-1]["adapter_rank"]) == (1200, 32)
+    assert calls[-1]["train_without"] == ()
+    options = ["--train-without", "aug:reword", "--train-without", "hard_negative"]
+    assert main(["train", "--output", str(tmp_path), *options]) == 0
+    assert calls[-1]["train_without"] == ("aug:reword", "hard_negative")
 
 
 def test_a_head_of_another_rank_saves_and_loads_as_itself(tmp_path: Path) -> None:

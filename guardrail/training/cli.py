@@ -62,6 +62,13 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
         help="rank of the [CLS] rows' low-rank update after each layer (head capacity)",
     )
     parser.add_argument(
+        "--train-without",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="ablation: leave groups starting with PREFIX out of training, keep them in validation",
+    )
+    parser.add_argument(
         "--probe-limit", type=int, default=None, help="with --probe: at most N samples per generated group"
     )
     parser.add_argument("--category", default=None, help="name of a custom category to add to --head")
@@ -162,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
         benign_rewordings=args.benign_rewordings,
         topical_negatives=args.topical_negatives,
         adapter_rank=args.adapter_rank,
+        train_without=tuple(args.train_without),
     )
     print(
         json.dumps(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,10 @@ def run(
     benign_rewordings: float = 0.0,
     topical_negatives: int = 0,
     adapter_rank: int = HeadConfig.adapter_rank,
+    train_without: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Train, calibrate and evaluate a head; `train_without`: group prefixes left out of training
+    but kept in validation, so an ablation is judged on the same rows as the full recipe."""
     started = time.time()
     loaded = load_model(model)
     config = loaded.model.config
@@ -96,7 +99,11 @@ def run(
     groups = dict(sorted(groups.items(), key=lambda kv: _kv_priority(kv[0])))
     shards = kvstore.build(safety, work / "kv" / loaded.name, groups)
 
-    train_shards = [s for s in shards if not is_held_out(s.group) and "#val" not in s.group]
+    train_shards = [
+        s
+        for s in shards
+        if not is_held_out(s.group) and "#val" not in s.group and not s.group.startswith(tuple(train_without))
+    ]
     val_shards = [s for s in shards if "#val" in s.group]
     held_shards = [s for s in shards if is_held_out(s.group) and not _is_response_set(s.group)]
     answer_shards = [s for s in shards if is_held_out(s.group) and _is_response_set(s.group)]
@@ -113,6 +120,7 @@ def run(
     threshold = op.per_kind_threshold(val_kinds)
     report: dict[str, Any] = {
         "recipe": {k: v for k, v in asdict(recipe).items() if k != "groups"},
+        "trained_without": list(train_without),
         "model": loaded.name,
         "seed": seed,
         "epochs": cfg.epochs,
