@@ -241,3 +241,34 @@ def test_check_plan_is_the_one_check_on_both_drivers(tiny: SafetyModel) -> None:
         assert one.score == pytest.approx(many.score, abs=1e-5)
         assert one.score == pytest.approx(remote.score, abs=1e-5)  # type: ignore[attr-defined]
         assert one.label == ("unsafe" if one.score >= 0.5 else "safe")
+
+
+def test_two_heads_share_one_language_model_and_detach_cleanly(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A second head (another adapter rank) read on the same LM, as a training run reads the
+    head it would replace, changes neither head's scores, and leaves no hook behind."""
+    from guardrail.model.head import HeadConfig, SafetyHead
+    from tests.keyword_model import tiny_parts
+
+    lm, head = tiny_parts(tokenizer, lively_adapters=True)
+    first = SafetyModel(lm, tokenizer, head, name="tiny")
+    prompt, response = _ids(first, "Tell me about owls.", " Owls are nocturnal birds of prey.")
+    ids = torch.tensor([prompt + response])
+    queries = [[ClsQuery(seen=len(prompt) + k, prompt_len=len(prompt)) for k in (0, 4, len(response))]]
+
+    def scores(model: SafetyModel) -> torch.Tensor:
+        with torch.no_grad():
+            return model.score_prefixes(ids, [ids.shape[1]], queries)[0]
+
+    before = scores(first)
+    torch.manual_seed(1)
+    other_head = SafetyHead(HeadConfig(hidden_size=32, num_layers=2, adapter_rank=16, classifier_hidden=16))
+    for adapter in other_head.adapters:
+        torch.nn.init.normal_(adapter.up.weight, std=0.5)
+    other = SafetyModel(lm, tokenizer, other_head, name="tiny")
+    alone = scores(other)
+    torch.testing.assert_close(scores(first), before)  # the other head's hooks stay idle
+    other.detach()
+    torch.testing.assert_close(scores(first), before)
+    assert not any(layer._forward_hooks for layer in lm.model.layers[:0])
+    assert sum(len(layer._forward_hooks) for layer in lm.model.layers) == len(lm.model.layers)
+    assert not torch.allclose(alone, before)

@@ -120,8 +120,10 @@ class SafetyModel(nn.Module):
             raise ValueError(
                 f"head was trained for hidden size {head.config.hidden_size}, the model has {hidden}"
             )
-        for layer, adapter in zip(layers, self.head.adapters, strict=True):
+        self._hooks = [
             layer.register_forward_hook(self._adapter_hook(adapter))
+            for layer, adapter in zip(layers, self.head.adapters, strict=True)
+        ]
 
     @property
     def device(self) -> torch.device:
@@ -141,6 +143,12 @@ class SafetyModel(nn.Module):
             return (updated, *output[1:]) if isinstance(output, tuple) else updated
 
         return hook
+
+    def detach(self) -> None:
+        """Remove this head's adapter hooks from the language model, which another head may share."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     @contextmanager
     def _cls_rows(self, n: int) -> Iterator[None]:

@@ -205,20 +205,26 @@ def _answers(safety: SafetyModel, shards: list[Shard], threshold: float) -> dict
 def _evaluate_existing(
     safety: SafetyModel, directory: Path, held_shards: list[Shard], answer_shards: list[Shard]
 ) -> dict[str, Any]:
-    """Figures of an existing head (the shipped one by default) on this run's held-out shards."""
+    """Figures of an existing head (the shipped one by default) on this run's held-out shards.
+
+    The head is read by its own `SafetyModel` on the same language model, so it may differ from
+    the head being trained (another adapter rank) and leaves that head untouched.
+    """
     existing = SafetyHead.load(directory)
-    binary = existing.binary_state_dict()
-    safety.head.load_state_dict(binary)
-    safety.head.eval()
-    threshold = float(existing.config.threshold)
-    held = score(safety, held_shards)
-    return {
-        "directory": directory.name,
-        "threshold": threshold,
-        "held_out_groups": _per_group(safety, held_shards, threshold),
-        "held_out_auroc": metrics.auroc(held.prompt_scores, held.prompt_labels),
-        "response_held_out": _answers(safety, answer_shards, threshold),
-    }
+    existing.categories = None
+    other = SafetyModel(safety.lm, safety.tokenizer, existing.eval(), name=safety.name)
+    try:
+        threshold = float(existing.config.threshold)
+        held = score(other, held_shards)
+        return {
+            "directory": directory.name,
+            "threshold": threshold,
+            "held_out_groups": _per_group(other, held_shards, threshold),
+            "held_out_auroc": metrics.auroc(held.prompt_scores, held.prompt_labels),
+            "response_held_out": _answers(other, answer_shards, threshold),
+        }
+    finally:
+        other.detach()
 
 
 def _folds(
