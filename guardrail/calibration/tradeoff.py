@@ -91,11 +91,15 @@ def run(heads: Sequence[Path], seed: int = 0, topical_negatives: int = 1200) -> 
     safety = SafetyModel(loaded.model, loaded.tokenizer, first, name=loaded.name)
     shards = kvstore.build(safety, kvstore.kv_root(cache_dir() / "train", safety), groups)
     report: dict[str, Any] = {"seed": seed, "thresholds": THRESHOLDS.tolist(), "heads": {}}
+    safety.detach()
     for directory in heads:
         head = SafetyHead.load(directory)
-        safety.head.load_state_dict(head.binary_state_dict(), strict=False)
-        safety.head.eval()
-        scores = _group_scores(safety, shards)
+        head.categories = None
+        own = SafetyModel(loaded.model, loaded.tokenizer, head.eval(), name=loaded.name)
+        try:  # each head read on its own: heads may differ in adapter rank
+            scores = _group_scores(own, shards)
+        finally:
+            own.detach()
         val_groups = [g for g in scores if "#val" in g]
         val = op.KindScores.of(
             np.concatenate([scores[g][0] for g in val_groups]),
@@ -118,9 +122,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(report["heads"])
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), sharey=True, squeeze=False)
+    cols = min(3, len(names))  # wrap: a row of five panels is too wide to read
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.4 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
     t = np.array(report["thresholds"])
-    for ax, name in zip(axes[0], names, strict=True):
+    for ax, name in zip(axes.flat, names, strict=False):
         head = report["heads"][name]
         curves = head["curves"]
         series = {
@@ -139,8 +147,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_title(name, fontsize=10, pad=40)
         ax.set_xlabel("threshold")
         ax.set_ylim(0, 1.0)
-    axes[0][0].set_ylabel("rate")
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    for row in axes:
+        row[0].set_ylabel("rate")
+    axes[0][cols - 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
