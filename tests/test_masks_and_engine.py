@@ -264,10 +264,9 @@ def test_two_heads_share_one_language_model_and_detach_cleanly(tokenizer) -> Non
     other_head = SafetyHead(HeadConfig(hidden_size=32, num_layers=2, adapter_rank=16, classifier_hidden=16))
     for adapter in other_head.adapters:
         torch.nn.init.normal_(adapter.up.weight, std=0.5)
-    other = SafetyModel(lm, tokenizer, other_head, name="tiny")
-    alone = scores(other)
-    torch.testing.assert_close(scores(first), before)  # the other head's hooks stay idle
-    other.detach()
+    with first.with_head(other_head) as other:
+        alone = scores(other)
+        torch.testing.assert_close(scores(first), before)  # the other head's hooks stay idle
     torch.testing.assert_close(scores(first), before)
     assert not any(layer._forward_hooks for layer in lm.model.layers[:0])
     assert sum(len(layer._forward_hooks) for layer in lm.model.layers) == len(lm.model.layers)

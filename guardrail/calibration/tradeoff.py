@@ -95,11 +95,8 @@ def run(heads: Sequence[Path], seed: int = 0, topical_negatives: int = 1200) -> 
     for directory in heads:
         head = SafetyHead.load(directory)
         head.categories = None
-        own = SafetyModel(loaded.model, loaded.tokenizer, head.eval(), name=loaded.name)
-        try:  # each head read on its own: heads may differ in adapter rank
+        with safety.with_head(head) as own:  # heads may differ in adapter rank
             scores = _group_scores(own, shards)
-        finally:
-            own.detach()
         val_groups = [g for g in scores if "#val" in g]
         val = op.KindScores.of(
             np.concatenate([scores[g][0] for g in val_groups]),

@@ -151,6 +151,16 @@ class SafetyModel(nn.Module):
         self._hooks = []
 
     @contextmanager
+    def with_head(self, head: SafetyHead) -> Iterator[SafetyModel]:
+        """`head` read on this model's language model, its hooks removed on exit: heads of any
+        adapter rank compared on the same features, this model's own head left untouched."""
+        other = SafetyModel(self.lm, self.tokenizer, head.eval(), name=self.name)
+        try:
+            yield other
+        finally:
+            other.detach()
+
+    @contextmanager
     def _cls_rows(self, n: int) -> Iterator[None]:
         self._active_cls = n
         try:

@@ -212,9 +212,8 @@ def _evaluate_existing(
     """
     existing = SafetyHead.load(directory)
     existing.categories = None
-    other = SafetyModel(safety.lm, safety.tokenizer, existing.eval(), name=safety.name)
-    try:
-        threshold = float(existing.config.threshold)
+    threshold = float(existing.config.threshold)
+    with safety.with_head(existing) as other:
         held = score(other, held_shards)
         return {
             "directory": directory.name,
@@ -223,8 +222,6 @@ def _evaluate_existing(
             "held_out_auroc": metrics.auroc(held.prompt_scores, held.prompt_labels),
             "response_held_out": _answers(other, answer_shards, threshold),
         }
-    finally:
-        other.detach()
 
 
 def _folds(
